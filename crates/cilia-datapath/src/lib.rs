@@ -1,0 +1,10 @@
+//! The node's kernel state: map layouts shared with `ebpf/`, intent → datapath diffs, and the thin
+//! edges (netlink, aya) that write them.
+
+pub mod bpf;
+pub mod maps;
+pub mod netlink;
+pub mod routes;
+pub mod testrun;
+
+pub use routes::{RTPROT_CILIA, RouteDiff};

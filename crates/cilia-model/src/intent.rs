@@ -1,0 +1,168 @@
+//! `ClusterState → NodeIntent`: what one node's agent must make true in its kernel.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{ClusterState, RoutingMode};
+
+/// A route to another node's pod CIDR through that node's address (native routing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteIntent {
+    pub dst: Ipv4Net,
+    pub via: Ipv4Addr,
+}
+
+/// Everything one node's agent must program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeIntent {
+    pub node: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: Option<Ipv4Net>,
+    pub routing_mode: RoutingMode,
+    /// Recorded for masquerading: traffic into this range is never masqueraded.
+    pub native_routing_cidr: Option<Ipv4Net>,
+    pub routes: BTreeSet<RouteIntent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntentError {
+    #[error("node {0:?} is not in the cluster state")]
+    UnknownNode(String),
+}
+
+/// Computes the intent of `node`. Routes: with native routing and `autoDirectNodeRoutes`, one route
+/// per other node that has a pod CIDR, via that node's address. A peer whose pod CIDR overlaps this
+/// node's own gets no route (it would steal local pods' traffic).
+pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, IntentError> {
+    let me = cluster
+        .node(node)
+        .ok_or_else(|| IntentError::UnknownNode(node.to_string()))?;
+    let mut routes = BTreeSet::new();
+    if cluster.routing.mode == RoutingMode::Native && cluster.routing.auto_direct_node_routes {
+        for peer in cluster.nodes.iter().filter(|n| n.name != me.name) {
+            let Some(dst) = peer.pod_cidr else { continue };
+            if let Some(own) = me.pod_cidr
+                && (own.contains(&dst) || dst.contains(&own))
+            {
+                continue;
+            }
+            routes.insert(RouteIntent {
+                dst,
+                via: peer.internal_ip,
+            });
+        }
+    }
+    Ok(NodeIntent {
+        node: me.name.clone(),
+        node_ip: me.internal_ip,
+        pod_cidr: me.pod_cidr,
+        routing_mode: cluster.routing.mode,
+        native_routing_cidr: cluster.routing.native_routing_cidr,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{NodeInfo, RoutingConfig};
+
+    fn mk_node(name: &str, ip: [u8; 4], cidr: Option<&str>) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            internal_ip: Ipv4Addr::from(ip),
+            pod_cidr: cidr.map(|c| c.parse().unwrap()),
+            labels: Default::default(),
+        }
+    }
+
+    fn lab() -> ClusterState {
+        ClusterState {
+            nodes: vec![
+                mk_node("control-plane", [172, 18, 0, 2], Some("10.244.0.0/24")),
+                mk_node("worker", [172, 18, 0, 3], Some("10.244.1.0/24")),
+                mk_node("worker2", [172, 18, 0, 4], Some("10.244.2.0/24")),
+            ],
+            routing: RoutingConfig {
+                mode: RoutingMode::Native,
+                auto_direct_node_routes: true,
+                native_routing_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            },
+        }
+    }
+
+    fn route(dst: &str, via: [u8; 4]) -> RouteIntent {
+        RouteIntent {
+            dst: dst.parse().unwrap(),
+            via: Ipv4Addr::from(via),
+        }
+    }
+
+    // Native routing with auto direct routes: one route per other node, via its address.
+    #[test]
+    fn routes_to_every_other_nodes_pod_cidr() {
+        let i = node_intent(&lab(), "worker").unwrap();
+        let want: BTreeSet<_> = [
+            route("10.244.0.0/24", [172, 18, 0, 2]),
+            route("10.244.2.0/24", [172, 18, 0, 4]),
+        ]
+        .into();
+        assert_eq!(i.routes, want);
+        assert_eq!(i.pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(
+            i.native_routing_cidr,
+            Some("10.244.0.0/16".parse().unwrap())
+        );
+    }
+
+    // A node that leaves the cluster takes its route with it.
+    #[test]
+    fn removed_node_removes_its_route() {
+        let mut c = lab();
+        c.nodes.retain(|n| n.name != "worker2");
+        let i = node_intent(&c, "worker").unwrap();
+        assert_eq!(i.routes, [route("10.244.0.0/24", [172, 18, 0, 2])].into());
+    }
+
+    // No pod CIDR yet: nothing to route to.
+    #[test]
+    fn node_without_pod_cidr_gets_no_route() {
+        let mut c = lab();
+        c.nodes[2].pod_cidr = None;
+        let i = node_intent(&c, "worker").unwrap();
+        assert_eq!(i.routes.len(), 1);
+    }
+
+    // Tunnel mode and native without autoDirectNodeRoutes install no direct routes.
+    #[test]
+    fn no_direct_routes_unless_native_and_auto() {
+        let mut c = lab();
+        c.routing.auto_direct_node_routes = false;
+        assert!(node_intent(&c, "worker").unwrap().routes.is_empty());
+        let mut c = lab();
+        c.routing.mode = RoutingMode::Tunnel;
+        assert!(node_intent(&c, "worker").unwrap().routes.is_empty());
+    }
+
+    // A misconfigured peer overlapping our own pod CIDR must not hijack local pod traffic.
+    #[test]
+    fn overlapping_peer_cidr_is_skipped() {
+        let mut c = lab();
+        c.nodes[2].pod_cidr = Some("10.244.1.0/25".parse().unwrap());
+        let i = node_intent(&c, "worker").unwrap();
+        assert_eq!(i.routes, [route("10.244.0.0/24", [172, 18, 0, 2])].into());
+    }
+
+    #[test]
+    fn unknown_node_is_an_error() {
+        assert_eq!(
+            node_intent(&lab(), "nope"),
+            Err(IntentError::UnknownNode("nope".into()))
+        );
+    }
+}
