@@ -92,15 +92,18 @@ impl EndpointDatapath {
         })
     }
 
-    fn link_pin(&self, iface: &str, dir: &str) -> PathBuf {
-        self.pin_dir.join(LINKS_DIR).join(format!("{iface}.{dir}"))
+    fn link_pin(&self, iface: &str, ifindex: u32, dir: &str) -> PathBuf {
+        // bpffs refuses names with dots.
+        self.pin_dir
+            .join(LINKS_DIR)
+            .join(format!("{iface}_{ifindex}_{dir}"))
     }
 
     /// Attaches both hooks to `iface` (TCX). A link pinned by an earlier agent is taken over and its
     /// program swapped atomically; a stale pin (the device was recreated) is replaced.
-    pub fn attach(&mut self, iface: &str) -> Result<(), BpfError> {
+    pub fn attach(&mut self, iface: &str, ifindex: u32) -> Result<(), BpfError> {
         for (name, attach_type, dir) in ENDPOINT_HOOKS {
-            let pin = self.link_pin(iface, dir);
+            let pin = self.link_pin(iface, ifindex, dir);
             let link_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Link {
                 iface: iface.to_string(),
                 dir,
@@ -112,22 +115,24 @@ impl EndpointDatapath {
                 .expect("program is in the object")
                 .try_into()
                 .map_err(|source| BpfError::Program { name, source })?;
-            let reused = match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    let old: Result<SchedClassifierLink, _> = FdLink::from(old).try_into();
-                    match old.map(|l| prog.attach_to_link(l)) {
-                        Ok(Ok(id)) => Some(id),
-                        // The device behind the old link is gone: drop the pin, attach anew.
-                        _ => {
-                            let _ = std::fs::remove_file(&pin);
-                            None
-                        }
+            let reused = if !pin.exists() {
+                None
+            } else {
+                let old: Result<SchedClassifierLink, _> = PinnedLink::from_pin(&pin)
+                    .map_err(|e| link_err(Box::new(e)))
+                    .and_then(|p| {
+                        FdLink::from(p)
+                            .try_into()
+                            .map_err(|e: LinkError| link_err(Box::new(e)))
+                    });
+                match old.map(|l| prog.attach_to_link(l)) {
+                    Ok(Ok(id)) => Some(id),
+                    // The device behind the old link is gone: drop the pin, attach anew.
+                    _ => {
+                        let _ = std::fs::remove_file(&pin);
+                        None
                     }
                 }
-                Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-                    None
-                }
-                Err(e) => return Err(link_err(Box::new(e))),
             };
             let was_reused = reused.is_some();
             let id = match reused {
@@ -152,15 +157,15 @@ impl EndpointDatapath {
         Ok(())
     }
 
-    /// Interfaces that currently have pinned endpoint links.
-    pub fn attached(&self) -> BTreeSet<String> {
+    /// Interfaces (name, ifindex) that currently have pinned endpoint links.
+    pub fn attached(&self) -> BTreeSet<(String, u32)> {
         pinned_ifaces(&self.pin_dir)
     }
 
     /// Unpins the links of `iface` (detaching the programs if the device still exists).
-    pub fn detach(&mut self, iface: &str) {
+    pub fn detach(&mut self, iface: &str, ifindex: u32) {
         for (_, _, dir) in ENDPOINT_HOOKS {
-            let _ = std::fs::remove_file(self.link_pin(iface, dir));
+            let _ = std::fs::remove_file(self.link_pin(iface, ifindex, dir));
         }
     }
 
@@ -188,15 +193,19 @@ impl EndpointDatapath {
     }
 }
 
-/// Interfaces with pinned endpoint links under `pin_dir`.
-pub fn pinned_ifaces(pin_dir: &Path) -> BTreeSet<String> {
+/// Interfaces (name, ifindex) with pinned endpoint links under `pin_dir`.
+pub fn pinned_ifaces(pin_dir: &Path) -> BTreeSet<(String, u32)> {
     let Ok(rd) = std::fs::read_dir(pin_dir.join(LINKS_DIR)) else {
         return BTreeSet::new();
     };
     rd.filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            name.rsplit_once('.').map(|(iface, _)| iface.to_string())
+            let mut parts = name.rsplitn(3, '_');
+            let _dir = parts.next()?;
+            let ifindex = parts.next()?.parse().ok()?;
+            let iface = parts.next()?.to_string();
+            Some((iface, ifindex))
         })
         .collect()
 }

@@ -2,6 +2,7 @@
 //! edges (netlink, aya) that write them.
 
 pub mod bpf;
+pub mod endpoints;
 pub mod maps;
 pub mod netlink;
 pub mod routes;

@@ -11,7 +11,7 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
-use rtnetlink::{Handle, LinkDummy, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::routes::RTPROT_CILIA;
 
@@ -124,11 +124,13 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Makes sure a dummy device `name` exists, is up and holds exactly `addr` (as /32). Returns
-    /// whether anything had to be changed.
+    /// Makes sure the host device `name` exists (a veth pair with `peer`, as Cilium's
+    /// cilium_host/cilium_net; kernels without the dummy driver have veth), both ends are up, and
+    /// `name` holds `addr` as /32. Returns whether anything had to be changed.
     pub async fn ensure_host_device(
         &self,
         name: &str,
+        peer: &str,
         addr: Ipv4Addr,
     ) -> Result<bool, NetlinkError> {
         let mut changed = false;
@@ -137,7 +139,7 @@ impl Netlink {
             None => {
                 self.handle
                     .link()
-                    .add(LinkDummy::new(name).up().build())
+                    .add(LinkVeth::new(name, peer).up().build())
                     .execute()
                     .await
                     .map_err(req(format!("creating {name}")))?;
@@ -149,12 +151,17 @@ impl Netlink {
                 })?
             }
         };
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(req(format!("setting {name} up")))?;
+        for dev in [Some(index), self.link_index(peer).await?]
+            .into_iter()
+            .flatten()
+        {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(dev).up().build())
+                .execute()
+                .await
+                .map_err(req(format!("setting {name}/{peer} up")))?;
+        }
         let mut have: Vec<Ipv4Net> = Vec::new();
         let mut s = self
             .handle

@@ -58,3 +58,17 @@ mod tests {
         assert_eq!(serde_json::from_str::<NodeLocalConfig>(&s).unwrap(), c);
     }
 }
+
+impl NodeLocalConfig {
+    /// The node facts a pod needs, from the node's intent; `None` until the node has a pod CIDR.
+    pub fn from_intent(intent: &crate::NodeIntent, mtu: u32) -> Option<Self> {
+        let pod_cidr = intent.pod_cidr?;
+        Some(NodeLocalConfig {
+            node_name: intent.node.clone(),
+            pod_cidr,
+            router_ip: Self::router_ip_for(pod_cidr),
+            node_ip: intent.node_ip,
+            mtu,
+        })
+    }
+}

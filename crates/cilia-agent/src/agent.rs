@@ -1,0 +1,136 @@
+//! The apply loop: intent in, kernel state out, through the pure diffs of `cilia-datapath`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use cilia_datapath::RouteDiff;
+use cilia_datapath::bpf::EndpointDatapath;
+use cilia_datapath::endpoints::endpoint_diff;
+use cilia_datapath::netlink::Netlink;
+use cilia_model::node_local::NODE_LOCAL_CONFIG_FILE;
+use cilia_model::{NodeIntent, NodeLocalConfig};
+use tracing::{info, warn};
+
+use crate::status::{AgentStatus, EndpointRow};
+
+/// Name of the device that holds the pods' gateway address (Cilium's `cilium_host`).
+pub const HOST_DEVICE: &str = "cilia_host";
+/// The other end of the host veth pair (Cilium's `cilium_net`).
+pub const HOST_PEER_DEVICE: &str = "cilia_net";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Netlink(#[from] cilia_datapath::netlink::NetlinkError),
+    #[error(transparent)]
+    Bpf(#[from] cilia_datapath::bpf::BpfError),
+    #[error("writing {path}: {source}")]
+    StateFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Agent {
+    pub nl: Netlink,
+    pub endpoints: EndpointDatapath,
+    pub state_dir: PathBuf,
+    pub mtu: u32,
+    pub status: AgentStatus,
+}
+
+impl Agent {
+    /// Makes the kernel match `intent`: the host device and node file for the CNI plugin, then the
+    /// routes. Only differences are written.
+    pub async fn apply(&mut self, intent: &NodeIntent) -> Result<(), ApplyError> {
+        if let Some(cfg) = NodeLocalConfig::from_intent(intent, self.mtu) {
+            if self
+                .nl
+                .ensure_host_device(HOST_DEVICE, HOST_PEER_DEVICE, cfg.router_ip)
+                .await?
+            {
+                self.status.datapath_writes += 1;
+                info!(device = HOST_DEVICE, router_ip = %cfg.router_ip, "host device configured");
+            }
+            self.write_node_file(&cfg)?;
+            self.status.router_ip = Some(cfg.router_ip);
+        }
+        let current = self.nl.owned_routes().await?;
+        let diff = RouteDiff::compute(&intent.routes, &current);
+        for r in &diff.del {
+            self.nl.del_route(r).await?;
+            self.status.datapath_writes += 1;
+            info!(dst = %r.dst, via = %r.via, "route removed");
+        }
+        for r in &diff.add {
+            self.nl.add_route(r).await?;
+            self.status.datapath_writes += 1;
+            info!(dst = %r.dst, via = %r.via, "route added");
+        }
+        let s = &mut self.status;
+        s.node = intent.node.clone();
+        s.node_ip = Some(intent.node_ip);
+        s.pod_cidr = intent.pod_cidr;
+        s.routing_mode = Some(intent.routing_mode);
+        s.native_routing_cidr = intent.native_routing_cidr;
+        s.routes = intent.routes.iter().copied().collect();
+        Ok(())
+    }
+
+    /// Writes `node.json` for the CNI plugin when its content changes (atomically: tmp + rename).
+    fn write_node_file(&mut self, cfg: &NodeLocalConfig) -> Result<(), ApplyError> {
+        let path = self.state_dir.join(NODE_LOCAL_CONFIG_FILE);
+        let want = serde_json::to_vec_pretty(cfg).expect("node config serializes");
+        if std::fs::read(&path).ok().as_deref() == Some(&want[..]) {
+            return Ok(());
+        }
+        let tmp = path.with_extension("json.tmp");
+        let err = |source| ApplyError::StateFile {
+            path: path.clone(),
+            source,
+        };
+        std::fs::write(&tmp, &want).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        self.status.datapath_writes += 1;
+        Ok(())
+    }
+
+    /// Attaches the endpoint programs to new pod devices and releases those of vanished ones.
+    pub async fn sync_endpoints(&mut self) -> Result<(), ApplyError> {
+        let links: Vec<(String, u32)> = self
+            .nl
+            .links()
+            .await?
+            .into_iter()
+            .map(|(i, n)| (n, i))
+            .collect();
+        let diff = endpoint_diff(&links, &self.endpoints.attached());
+        for (name, ifindex) in &diff.detach {
+            self.endpoints.detach(name, *ifindex);
+            self.status.datapath_writes += 1;
+            info!(iface = %name, ifindex, "endpoint programs released");
+        }
+        for (name, ifindex) in &diff.attach {
+            match self.endpoints.attach(name, *ifindex) {
+                Ok(()) => {
+                    self.status.datapath_writes += 1;
+                    info!(iface = %name, ifindex, "endpoint programs attached");
+                }
+                // The device may vanish between listing and attaching; the next pass settles it.
+                Err(e) => warn!(iface = %name, error = %e, "attaching endpoint programs failed"),
+            }
+        }
+        if !diff.detach.is_empty() {
+            let live: BTreeSet<u32> = links.iter().map(|(_, i)| *i).collect();
+            self.endpoints.forget_stats(&live)?;
+        }
+        self.status.endpoints = self
+            .endpoints
+            .attached()
+            .into_iter()
+            .map(|(interface, ifindex)| EndpointRow { ifindex, interface })
+            .collect();
+        Ok(())
+    }
+}

@@ -1,0 +1,645 @@
+//! The lab: a LAN namespace with a bridge, node namespaces running the real agent, pods wired by
+//! the real CNI plugin, and a client namespace standing for the outside world. Everything carries a
+//! run id, and everything is torn down on drop, on SIGINT/SIGTERM, or later by `cilia-lab clean`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cilia_model::{ClusterState, NodeInfo, RoutingConfig, RoutingMode};
+use ipnet::Ipv4Net;
+use serde_json::json;
+
+use crate::netns::{self, NetNs};
+
+/// Where every run keeps its state: `<LAB_ROOT>/<run>/`.
+pub const LAB_ROOT: &str = "/run/cilia-lab";
+/// Every run's pins live in `<BPF_LAB_ROOT>/<run>-<node>/`.
+pub const BPF_LAB_ROOT: &str = "/sys/fs/bpf/cilia";
+pub const LAN_PREFIX: u8 = 16;
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 100);
+pub const NATIVE_ROUTING_CIDR: &str = "10.244.0.0/16";
+pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+
+/// One lab node: name, LAN address, pod CIDR.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The topology of DESIGN.md: control-plane, worker, worker2 on 172.18.0.2-4 with 10.244.{0,1,2}.0/24.
+pub fn default_nodes() -> Vec<NodeSpec> {
+    ["control-plane", "worker", "worker2"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeSpec {
+            name: n.to_string(),
+            ip: Ipv4Addr::new(172, 18, 0, 2 + i as u8),
+            pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+            labels: if i == 0 {
+                [(CONTROL_PLANE_LABEL.to_string(), String::new())].into()
+            } else {
+                BTreeMap::new()
+            },
+        })
+        .collect()
+}
+
+pub struct LabNode {
+    pub spec: NodeSpec,
+    pub ns: NetNs,
+    pub state_dir: PathBuf,
+    pub bpf_root: PathBuf,
+    pub agent: Option<Child>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub ns_name: String,
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    /// The CNI result, as returned by the plugin.
+    pub cni_result: serde_json::Value,
+}
+
+impl Pod {
+    pub fn ns_path(&self) -> String {
+        format!("/run/netns/{}", self.ns_name)
+    }
+}
+
+pub struct Lab {
+    pub run: String,
+    pub dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub lan: NetNs,
+    pub client: NetNs,
+    pub nodes: Vec<LabNode>,
+    pub pods: BTreeMap<String, (Pod, NetNs)>,
+    pub cluster: ClusterState,
+    keep: bool,
+}
+
+/// Runs registered for signal-time teardown.
+static LIVE_RUNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn install_signal_teardown() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(mut signals) =
+            signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        else {
+            return;
+        };
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let runs = LIVE_RUNS.lock().map(|r| r.clone()).unwrap_or_default();
+                for run in runs {
+                    eprintln!("lab: signal {sig}: tearing down run {run}");
+                    clean_run(&run);
+                }
+                std::process::exit(128 + sig);
+            }
+        });
+    });
+}
+
+/// Directory holding the workspace binaries (`CILIA_BIN_DIR`, or next to the running executable).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CILIA_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir
+    }
+}
+
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{:06x}",
+        (std::process::id() ^ nanos.rotate_left(7) ^ seq.wrapping_mul(0x9e37)) & 0xff_ffff
+    )
+}
+
+/// Namespace name of role `role` in run `run`.
+pub fn ns_name(run: &str, role: &str) -> String {
+    format!("cilia-{run}-{role}")
+}
+
+impl Lab {
+    /// Brings up the LAN, the nodes with their agents, and the client.
+    pub fn up(nodes: Vec<NodeSpec>) -> anyhow::Result<Lab> {
+        install_signal_teardown();
+        let run = new_run_id();
+        let dir = Path::new(LAB_ROOT).join(&run);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("owner"), std::process::id().to_string())?;
+        LIVE_RUNS.lock().unwrap().push(run.clone());
+        let bin_dir = bin_dir();
+        for b in ["cilia-agent", "cilia-cni", "cilia-dbg"] {
+            if !bin_dir.join(b).exists() {
+                bail!(
+                    "{} is missing: build the workspace first (`make build`)",
+                    bin_dir.join(b).display()
+                );
+            }
+        }
+        let lan = NetNs::create(&ns_name(&run, "lan"))?;
+        lan.ip(&["link", "add", "br0", "type", "bridge"])?;
+        lan.ip(&["link", "set", "br0", "up"])?;
+        let client = NetNs::create(&ns_name(&run, "client"))?;
+        plug(&lan, &client, "client", CLIENT_IP)?;
+
+        let mut lab_nodes = Vec::new();
+        for spec in &nodes {
+            let ns = NetNs::create(&ns_name(&run, &spec.name))?;
+            plug(&lan, &ns, &spec.name, spec.ip)?;
+            let state_dir = dir.join(&spec.name);
+            std::fs::create_dir_all(&state_dir)?;
+            lab_nodes.push(LabNode {
+                spec: spec.clone(),
+                ns,
+                state_dir,
+                bpf_root: Path::new(BPF_LAB_ROOT).join(format!("{run}-{}", spec.name)),
+                agent: None,
+            });
+        }
+        let cluster = ClusterState {
+            nodes: nodes
+                .iter()
+                .map(|n| NodeInfo {
+                    name: n.name.clone(),
+                    internal_ip: n.ip,
+                    pod_cidr: Some(n.pod_cidr),
+                    labels: n.labels.clone(),
+                })
+                .collect(),
+            routing: RoutingConfig {
+                mode: RoutingMode::Native,
+                auto_direct_node_routes: true,
+                native_routing_cidr: Some(NATIVE_ROUTING_CIDR.parse().unwrap()),
+            },
+        };
+        let mut lab = Lab {
+            run,
+            dir,
+            bin_dir,
+            lan,
+            client,
+            nodes: lab_nodes,
+            pods: BTreeMap::new(),
+            cluster,
+            keep: false,
+        };
+        lab.write_cluster()?;
+        for i in 0..lab.nodes.len() {
+            lab.start_agent_at(i)?;
+        }
+        for n in &lab.nodes {
+            let path = n
+                .state_dir
+                .join(cilia_model::node_local::NODE_LOCAL_CONFIG_FILE);
+            wait_until(Duration::from_secs(10), || path.exists()).with_context(|| {
+                format!(
+                    "agent of {} did not become ready; log: {}",
+                    n.spec.name,
+                    lab.agent_log(&n.spec.name)
+                )
+            })?;
+        }
+        Ok(lab)
+    }
+
+    pub fn cluster_file(&self) -> PathBuf {
+        self.dir.join("cluster.json")
+    }
+
+    /// Publishes the cluster facts the agents read (atomically).
+    pub fn write_cluster(&self) -> anyhow::Result<()> {
+        let tmp = self.dir.join("cluster.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.cluster)?)?;
+        std::fs::rename(&tmp, self.cluster_file())?;
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> &LabNode {
+        self.nodes
+            .iter()
+            .find(|n| n.spec.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn node_index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.spec.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    pub fn agent_log_path(&self, node: &str) -> PathBuf {
+        self.dir.join(node).join("agent.log")
+    }
+
+    pub fn agent_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.agent_log_path(node)).unwrap_or_default()
+    }
+
+    fn start_agent_at(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log_path(&n.spec.name))?;
+        let mut c = Command::new(self.bin_dir.join("cilia-agent"));
+        c.args(["--node-name", &n.spec.name])
+            .arg("--state-dir")
+            .arg(&n.state_dir)
+            .arg("--bpf-root")
+            .arg(&n.bpf_root)
+            .arg("--cluster-file")
+            .arg(self.cluster_file())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = spawn_in_netns(&mut c, &n.ns.path())?;
+        std::fs::write(n.state_dir.join("agent.pid"), child.id().to_string())?;
+        self.nodes[i].agent = Some(child);
+        Ok(())
+    }
+
+    /// Starts (or restarts) the agent of `node`.
+    pub fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let i = self.node_index(node);
+        self.start_agent_at(i)
+    }
+
+    /// Stops the agent of `node` with `signal` (SIGTERM or SIGKILL) and waits for it.
+    pub fn stop_agent(&mut self, node: &str, signal: i32) -> anyhow::Result<()> {
+        let i = self.node_index(node);
+        if let Some(mut c) = self.nodes[i].agent.take() {
+            unsafe { libc::kill(c.id() as i32, signal) };
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.node(node).agent.as_ref().map(|c| c.id())
+    }
+
+    /// Runs `cilia-dbg <args>` against `node`'s agent.
+    pub fn dbg(&self, node: &str, args: &[&str]) -> anyhow::Result<String> {
+        let n = self.node(node);
+        netns::run(
+            Command::new(self.bin_dir.join("cilia-dbg"))
+                .arg("--state-dir")
+                .arg(&n.state_dir)
+                .args(args),
+        )
+    }
+
+    /// The CNI network configuration the lab hands `cilia-cni` on `node`.
+    pub fn cni_config(&self, node: &str) -> serde_json::Value {
+        let n = self.node(node);
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "cilia",
+            "type": "cilia-cni",
+            "agent-state-dir": n.state_dir,
+            "ipam-data-dir": n.state_dir.join("ipam"),
+            "log-file": n.state_dir.join("cni.log"),
+        })
+    }
+
+    /// Runs the CNI plugin on `node` as a container runtime would.
+    pub fn cni(
+        &self,
+        node: &str,
+        command: &str,
+        container_id: &str,
+        netns_path: &str,
+        config: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let n = self.node(node);
+        let mut c = Command::new(self.bin_dir.join("cilia-cni"));
+        c.env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns_path)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.bin_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn_in_netns(&mut c, &n.ns.path())?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&serde_json::to_vec(config)?)?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "cilia-cni {command} on {node} failed ({}): {stdout} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if stdout.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&stdout).with_context(|| format!("CNI result is not JSON: {stdout}"))
+    }
+
+    /// Creates pod `name` on `node`: a namespace wired by `cilia-cni ADD`.
+    pub fn add_pod(&mut self, node: &str, name: &str) -> anyhow::Result<Pod> {
+        let ns = NetNs::create(&ns_name(&self.run, &format!("pod-{name}")))?;
+        let container_id = format!("{}-{name}", self.run);
+        let result = self.cni(
+            node,
+            "ADD",
+            &container_id,
+            &ns.path(),
+            &self.cni_config(node),
+        )?;
+        let addr = result["ips"][0]["address"]
+            .as_str()
+            .context("CNI result without ips[0].address")?;
+        let ip: Ipv4Net = addr
+            .parse()
+            .with_context(|| format!("CNI address {addr}"))?;
+        let pod = Pod {
+            name: name.to_string(),
+            node: node.to_string(),
+            ns_name: ns.name.clone(),
+            ip: ip.addr(),
+            container_id,
+            cni_result: result,
+        };
+        self.pods.insert(name.to_string(), (pod.clone(), ns));
+        Ok(pod)
+    }
+
+    /// Deletes pod `name`: `cilia-cni DEL`, then its namespace.
+    pub fn delete_pod(&mut self, name: &str) -> anyhow::Result<()> {
+        let Some((pod, ns)) = self.pods.remove(name) else {
+            bail!("no pod {name}")
+        };
+        self.cni(
+            &pod.node,
+            "DEL",
+            &pod.container_id,
+            &ns.path(),
+            &self.cni_config(&pod.node),
+        )?;
+        drop(ns);
+        Ok(())
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        &self
+            .pods
+            .get(name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+            .0
+    }
+
+    /// Removes a node from the cluster facts (its agent and namespace stay until drop).
+    pub fn remove_node_from_cluster(&mut self, node: &str) -> anyhow::Result<()> {
+        self.cluster.nodes.retain(|n| n.name != node);
+        self.write_cluster()
+    }
+
+    /// Routes Cilia installed in `node`'s namespace, as (destination, gateway).
+    pub fn cilia_routes(&self, node: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let out = self
+            .node(node)
+            .ns
+            .ip(&["-j", "route", "show", "proto", "201"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })?;
+        let mut routes: Vec<(String, String)> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["dst"].as_str().unwrap_or_default().to_string(),
+                    r["gateway"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        routes.sort();
+        Ok(routes)
+    }
+
+    /// Keeps every namespace, process and pin on drop (for poking around after the demo).
+    pub fn keep(&mut self) {
+        self.keep = true;
+        self.lan.keep();
+        self.client.keep();
+        for n in &mut self.nodes {
+            n.ns.keep();
+            n.agent = None;
+        }
+        for (_, ns) in self.pods.values_mut() {
+            ns.keep();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.agent.take() {
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        // Namespaces go with their guards; then the pins and the run directory.
+        self.pods.clear();
+        clean_run(&self.run);
+        LIVE_RUNS
+            .lock()
+            .map(|mut r| r.retain(|x| x != &self.run))
+            .ok();
+    }
+}
+
+/// Connects `ns` to the LAN bridge with `eth0` = `ip/16`.
+fn plug(lan: &NetNs, ns: &NetNs, role: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    // Bridge ports are named after the role, cut to the 15-byte limit.
+    let port: String = format!("p-{role}").chars().take(15).collect();
+    lan.ip(&[
+        "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+    ])?;
+    lan.ip(&["link", "set", &port, "master", "br0", "up"])?;
+    ns.ip(&["addr", "add", &format!("{ip}/{LAN_PREFIX}"), "dev", "eth0"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// Spawns `c` with its network namespace set to `ns_path` (entered between fork and exec).
+pub fn spawn_in_netns(c: &mut Command, ns_path: &str) -> anyhow::Result<Child> {
+    let f = std::fs::File::open(ns_path).with_context(|| format!("opening {ns_path}"))?;
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c
+        .spawn()
+        .with_context(|| format!("spawning {c:?} in {ns_path}"))?;
+    drop(f);
+    Ok(child)
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes everything of run `run`: its processes, namespaces, pins and state directory.
+pub fn clean_run(run: &str) {
+    let dir = Path::new(LAB_ROOT).join(run);
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.filter_map(Result::ok) {
+            if let Ok(pid) = std::fs::read_to_string(e.path().join("agent.pid")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    if is_agent(pid) {
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+    let prefix = format!("cilia-{run}-");
+    for ns in netns::list() {
+        if ns.starts_with(&prefix) {
+            let _ = netns::ip(&["netns", "del", &ns]);
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(BPF_LAB_ROOT) {
+        for e in rd.filter_map(Result::ok) {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{run}-"))
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether `pid` is a running cilia binary (so a recycled pid is never killed).
+fn is_agent(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim().starts_with("cilia-"))
+}
+
+/// Cleans up runs whose owner process is gone (`make lab-clean`). Returns the runs removed.
+pub fn clean_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(LAB_ROOT) else {
+        return removed;
+    };
+    for e in rd.filter_map(Result::ok) {
+        let run = e.file_name().to_string_lossy().to_string();
+        let owner = std::fs::read_to_string(e.path().join("owner"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        let alive = owner.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        if !alive {
+            clean_run(&run);
+            removed.push(run);
+        }
+    }
+    // Namespaces of runs whose directory is already gone.
+    for ns in netns::list() {
+        let mut parts = ns.splitn(3, '-');
+        if let (Some("cilia"), Some(run), Some(_)) = (parts.next(), parts.next(), parts.next())
+            && run.len() == 6
+            && run.chars().all(|c| c.is_ascii_hexdigit())
+            && !Path::new(LAB_ROOT).join(run).exists()
+        {
+            clean_run(run);
+            removed.push(run.to_string());
+        }
+    }
+    removed.sort();
+    removed.dedup();
+    removed
+}
+
+/// What a run left behind: namespaces, pins, state, processes. Empty means clean.
+pub fn leftovers(run: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let prefix = format!("cilia-{run}-");
+    v.extend(
+        netns::list()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .map(|n| format!("netns {n}")),
+    );
+    if let Ok(rd) = std::fs::read_dir(BPF_LAB_ROOT) {
+        v.extend(
+            rd.filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{run}-"))
+                })
+                .map(|e| format!("pins {}", e.path().display())),
+        );
+    }
+    if Path::new(LAB_ROOT).join(run).exists() {
+        v.push(format!("state dir {LAB_ROOT}/{run}"));
+    }
+    v
+}

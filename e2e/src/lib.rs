@@ -1,0 +1,8 @@
+//! The Cilia lab: network namespaces standing for nodes, pods, a LAN and an outside client, running
+//! the real binaries against real kernel datapaths. Test infrastructure and the demo's stage.
+
+pub mod lab;
+pub mod netns;
+pub mod traffic;
+
+pub use lab::{Lab, NodeSpec, Pod, default_nodes, wait_until};
