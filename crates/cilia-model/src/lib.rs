@@ -2,6 +2,8 @@
 
 pub mod cluster;
 pub mod intent;
+pub mod lbipam;
+pub mod selector;
 pub mod node_local;
 
 pub use cluster::{ClusterState, NodeInfo, RoutingConfig, RoutingMode};

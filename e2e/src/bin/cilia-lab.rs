@@ -27,6 +27,8 @@ enum Cmd {
     },
     /// Remove what killed lab runs left behind (namespaces, pins, processes, state).
     Clean,
+    /// Bring the lab up, print its run id, and hold it until SIGINT/SIGTERM, then tear it down.
+    Up,
 }
 
 fn step(n: u32, title: &str) {
@@ -51,6 +53,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo { keep } => demo(keep),
+        Cmd::Up => {
+            let lab = Lab::up(default_nodes()).context("bringing the lab up")?;
+            println!("run {}", lab.run);
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            // The lab's signal handler tears the run down and exits.
+            loop {
+                std::thread::park();
+            }
+        }
     }
 }
 

@@ -1,0 +1,1 @@
+//! LB-IPAM (in progress).
