@@ -549,12 +549,11 @@ pub fn clean_run(run: &str) {
     let dir = Path::new(LAB_ROOT).join(run);
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.filter_map(Result::ok) {
-            if let Ok(pid) = std::fs::read_to_string(e.path().join("agent.pid")) {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    if is_agent(pid) {
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
+            if let Ok(pid) = std::fs::read_to_string(e.path().join("agent.pid"))
+                && let Ok(pid) = pid.trim().parse::<i32>()
+                && is_agent(pid)
+            {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
     }

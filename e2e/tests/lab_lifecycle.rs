@@ -15,8 +15,14 @@ fn start_held_lab() -> (std::process::Child, String) {
         .spawn()
         .expect("cilia-lab up");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let run = line.trim().strip_prefix("run ").unwrap_or_else(|| panic!("unexpected output {line:?}")).to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let run = line
+        .trim()
+        .strip_prefix("run ")
+        .unwrap_or_else(|| panic!("unexpected output {line:?}"))
+        .to_string();
     assert!(!leftovers(&run).is_empty(), "the held lab exists");
     (child, run)
 }
@@ -38,10 +44,24 @@ fn lab_clean_removes_a_killed_run() {
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     assert!(!leftovers(&run).is_empty(), "SIGKILL leaves the run behind");
-    let out = Command::new(bin_dir().join("cilia-lab")).arg("clean").output().unwrap();
+    let out = Command::new(bin_dir().join("cilia-lab"))
+        .arg("clean")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&run), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&run),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(leftovers(&run).is_empty(), "{:?}", leftovers(&run));
-    let agents = Command::new("pgrep").args(["-f", &format!("cilia/{run}-")]).output().unwrap();
-    assert!(agents.stdout.is_empty(), "agents of the killed run still running: {}", String::from_utf8_lossy(&agents.stdout));
+    let agents = Command::new("pgrep")
+        .args(["-f", &format!("cilia/{run}-")])
+        .output()
+        .unwrap();
+    assert!(
+        agents.stdout.is_empty(),
+        "agents of the killed run still running: {}",
+        String::from_utf8_lossy(&agents.stdout)
+    );
 }

@@ -28,10 +28,8 @@ impl FileSource {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) => {
-                if self.last.is_none() {
-                    return None;
-                }
-                self.last = None;
+                // Report a vanished file once, not on every poll.
+                self.last.take()?;
                 return Some(Err(format!("reading {}: {e}", self.path.display())));
             }
         };

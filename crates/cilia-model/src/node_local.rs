@@ -31,6 +31,20 @@ impl NodeLocalConfig {
     }
 }
 
+impl NodeLocalConfig {
+    /// The node facts a pod needs, from the node's intent; `None` until the node has a pod CIDR.
+    pub fn from_intent(intent: &crate::NodeIntent, mtu: u32) -> Option<Self> {
+        let pod_cidr = intent.pod_cidr?;
+        Some(NodeLocalConfig {
+            node_name: intent.node.clone(),
+            pod_cidr,
+            router_ip: Self::router_ip_for(pod_cidr),
+            node_ip: intent.node_ip,
+            mtu,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,19 +70,5 @@ mod tests {
         let s = serde_json::to_string(&c).unwrap();
         assert!(s.contains("\"podCidr\":\"10.244.1.0/24\""), "{s}");
         assert_eq!(serde_json::from_str::<NodeLocalConfig>(&s).unwrap(), c);
-    }
-}
-
-impl NodeLocalConfig {
-    /// The node facts a pod needs, from the node's intent; `None` until the node has a pod CIDR.
-    pub fn from_intent(intent: &crate::NodeIntent, mtu: u32) -> Option<Self> {
-        let pod_cidr = intent.pod_cidr?;
-        Some(NodeLocalConfig {
-            node_name: intent.node.clone(),
-            pod_cidr,
-            router_ip: Self::router_ip_for(pod_cidr),
-            node_ip: intent.node_ip,
-            mtu,
-        })
     }
 }
