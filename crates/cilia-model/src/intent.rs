@@ -16,6 +16,17 @@ pub struct RouteIntent {
     pub via: Ipv4Addr,
 }
 
+/// The node's own facts and datapath settings: one entry of its intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFacts {
+    pub node: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: Option<Ipv4Net>,
+    pub routing_mode: RoutingMode,
+    pub native_routing_cidr: Option<Ipv4Net>,
+}
+
 /// Everything one node's agent must program.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -27,6 +38,29 @@ pub struct NodeIntent {
     /// Recorded for masquerading: traffic into this range is never masqueraded.
     pub native_routing_cidr: Option<Ipv4Net>,
     pub routes: BTreeSet<RouteIntent>,
+}
+
+impl NodeIntent {
+    pub fn facts(&self) -> NodeFacts {
+        NodeFacts {
+            node: self.node.clone(),
+            node_ip: self.node_ip,
+            pod_cidr: self.pod_cidr,
+            routing_mode: self.routing_mode,
+            native_routing_cidr: self.native_routing_cidr,
+        }
+    }
+
+    pub fn from_facts(f: NodeFacts, routes: BTreeSet<RouteIntent>) -> Self {
+        NodeIntent {
+            node: f.node,
+            node_ip: f.node_ip,
+            pod_cidr: f.pod_cidr,
+            routing_mode: f.routing_mode,
+            native_routing_cidr: f.native_routing_cidr,
+            routes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,11 +78,18 @@ pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, Int
         .ok_or_else(|| IntentError::UnknownNode(node.to_string()))?;
     let mut routes = BTreeSet::new();
     if cluster.routing.mode == RoutingMode::Native && cluster.routing.auto_direct_node_routes {
-        for peer in cluster.nodes.iter().filter(|n| n.name != me.name) {
+        // Peers by name, so that when two claim one pod CIDR the same one wins on every node.
+        let mut peers: Vec<_> = cluster.nodes.iter().filter(|n| n.name != me.name).collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        for peer in peers {
             let Some(dst) = peer.pod_cidr else { continue };
             if let Some(own) = me.pod_cidr
                 && (own.contains(&dst) || dst.contains(&own))
             {
+                continue;
+            }
+            // One route per destination: the kernel holds one, and intents are keyed by it.
+            if routes.iter().any(|r: &RouteIntent| r.dst == dst) {
                 continue;
             }
             routes.insert(RouteIntent {
@@ -156,6 +197,23 @@ mod tests {
         c.nodes[2].pod_cidr = Some("10.244.1.0/25".parse().unwrap());
         let i = node_intent(&c, "worker").unwrap();
         assert_eq!(i.routes, [route("10.244.0.0/24", [172, 18, 0, 2])].into());
+    }
+
+    // Two peers claiming one pod CIDR: the first by name wins, on every node alike.
+    #[test]
+    fn duplicate_pod_cidr_gets_one_route() {
+        let mut c = lab();
+        c.nodes
+            .push(mk_node("aaa-dup", [172, 18, 0, 9], Some("10.244.2.0/24")));
+        let i = node_intent(&c, "worker").unwrap();
+        assert_eq!(
+            i.routes,
+            [
+                route("10.244.0.0/24", [172, 18, 0, 2]),
+                route("10.244.2.0/24", [172, 18, 0, 9])
+            ]
+            .into()
+        );
     }
 
     #[test]
