@@ -1,6 +1,7 @@
 //! The Cilia lab: network namespaces standing for nodes, pods, a LAN and an outside client, running
 //! the real binaries against real kernel datapaths. Test infrastructure and the demo's stage.
 
+pub mod bench;
 pub mod lab;
 pub mod netns;
 pub mod traffic;
