@@ -522,10 +522,6 @@ fn bad_config_values_name_key_and_value() {
             vec!["enable-l2-announcements=\"true\"", "kube-proxy-replacement"],
         ),
         (
-            vec![kpr, ("enable-ip-masq-agent", "true")],
-            vec!["enable-ip-masq-agent=\"true\"", "enable-bpf-masquerade"],
-        ),
-        (
             vec![("enable-bpf-masquerade", "true")],
             vec!["enable-bpf-masquerade=\"true\"", "kube-proxy-replacement"],
         ),

@@ -82,6 +82,12 @@ pub enum ConfigWarning {
     },
     #[error("{key}: not interpreted by cilia, ignored (value {value:?})")]
     IgnoredKey { key: String, value: String },
+    #[error("{key}={value:?} has no effect while {reason}")]
+    Inactive {
+        key: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// A parsed and validated document plus its warnings.
@@ -910,6 +916,17 @@ fn read(r: &mut Reader<'_>) -> CiliumConfig {
         },
     };
     cross_checks(r, &config, max_clusters);
+    if config.enable_ip_masq_agent && !matches!(config.masquerading(), Masquerading::Bpf { .. }) {
+        // Cilium refuses to start here; we accept it so that `helm upgrade --set
+        // bpf.masquerade=false` switches live, and say what applies meanwhile.
+        r.warnings.push(ConfigWarning::Inactive {
+            key: "enable-ip-masq-agent".into(),
+            value: "true".into(),
+            reason: "BPF masquerading is off (enable-bpf-masquerade / enable-ipv4-masquerade); \
+                     iptables masquerading exempts only ipv4-native-routing-cidr"
+                .into(),
+        });
+    }
     config
 }
 
@@ -1015,13 +1032,6 @@ fn cross_checks(r: &mut Reader<'_>, c: &CiliumConfig, max_clusters: u32) {
             "enable-ipv4",
             "false",
             "enable-ipv6=\"true\" (at least one family must be enabled)",
-        );
-    }
-    if c.enable_ip_masq_agent && !matches!(c.masquerading(), Masquerading::Bpf { .. }) {
-        requires(
-            "enable-ip-masq-agent",
-            "true",
-            "BPF masquerading: enable-bpf-masquerade=\"true\" and enable-ipv4-masquerade=\"true\"",
         );
     }
     if c.datapath_mode != DatapathMode::Ipvlan && c.enable_bpf_masquerade && !c.node_port_enabled()
