@@ -121,12 +121,12 @@ impl CiliumL2AnnouncementPolicySpec {
     pub fn validate(&self) -> Result<(), Violations<L2PolicyError>> {
         let mut errors = Vec::new();
         if let Some(sel) = &self.service_selector
-            && let Err(e) = sel.validate("spec.serviceSelector")
+            && let Err(e) = sel.validate_kubernetes("spec.serviceSelector")
         {
             errors.push(L2PolicyError::ServiceSelector(e));
         }
         if let Some(sel) = &self.node_selector
-            && let Err(e) = sel.validate("spec.nodeSelector")
+            && let Err(e) = sel.validate_kubernetes("spec.nodeSelector")
         {
             errors.push(L2PolicyError::NodeSelector(e));
         }

@@ -314,7 +314,7 @@ impl IpPoolSpec {
             }
         }
         if let Some(selector) = &self.service_selector
-            && let Err(e) = selector.validate("spec.serviceSelector")
+            && let Err(e) = selector.validate_kubernetes("spec.serviceSelector")
         {
             errors.push(e.into());
         }
@@ -506,6 +506,22 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    // Pool selectors take plain Kubernetes keys, as Cilium's LB-IPAM reads them: a Cilium label
+    // source prefix is refused at validation, not silently matched differently by the engine.
+    #[test]
+    fn pool_selector_refuses_label_source_prefixes() {
+        let spec: IpPoolSpec = serde_json::from_value(serde_json::json!({
+            "blocks": [{"cidr": "10.0.10.0/24"}],
+            "serviceSelector": {"matchLabels": {"k8s:app": "web"}}
+        }))
+        .unwrap();
+        let e = spec.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("spec.serviceSelector") && e.contains("k8s:app"),
+            "{e}"
+        );
     }
 
     // allowFirstLastIPs: No reserves network and broadcast of a /24, not of a /31 or a range.

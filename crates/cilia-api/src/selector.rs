@@ -1,24 +1,25 @@
 //! Label selectors as Cilium's CRDs spell them (`matchLabels` / `matchExpressions`).
 //!
 //! Kept as our own type rather than `metav1.LabelSelector` so the schema carries the operator enum
-//! and label value patterns, and so validation errors name the field path.
+//! and label value patterns, and so an unknown operator fails to parse with its field path. The
+//! rules themselves live in [`cilia_model::selector`]: [`LabelSelector`] converts into
+//! [`model::LabelSelector`] and delegates validation and matching to it, reading keys with
+//! [`KEY_SYNTAX`].
 
 use std::collections::BTreeMap;
 
+use cilia_model::selector::{self as model, KeySyntax};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Label sources Cilium allows as a key prefix in endpoint selectors (`k8s:app`, `any:app`).
-const KEY_SOURCES: &[&str] = &[
-    "any",
-    "k8s",
-    "reserved",
-    "container",
-    "unspec",
-    "cidr",
-    "fqdn",
-    "cilium-generated",
-];
+/// A selector problem at the selector's field path in the object
+/// (`spec.serviceSelector.matchExpressions[0].values: ...`).
+pub use cilia_model::selector::SelectorPathError as SelectorError;
+
+/// How the CRD selectors read keys: a Cilium label source prefix (`k8s:app`, `any:app`) is
+/// accepted and ignored, since the plain labels of Kubernetes objects all come from the `k8s`
+/// source.
+pub const KEY_SYNTAX: KeySyntax = KeySyntax::CiliumSource;
 
 /// A label query. An empty selector (`{}`) selects everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -55,29 +56,6 @@ pub enum SelectorOperator {
     DoesNotExist,
 }
 
-/// A selector that can never be evaluated as written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SelectorError {
-    #[error("{path}: invalid label key {key:?}: {reason}")]
-    InvalidKey {
-        path: String,
-        key: String,
-        reason: &'static str,
-    },
-    #[error("{path}: invalid label value {value:?}: {reason}")]
-    InvalidValue {
-        path: String,
-        value: String,
-        reason: &'static str,
-    },
-    #[error("{path}: for 'In', 'NotIn' operators, values set can't be empty (got {values:?})")]
-    EmptyValues { path: String, values: Vec<String> },
-    #[error(
-        "{path}: values set must be empty for 'Exists' and 'DoesNotExist' operators (got {values:?})"
-    )]
-    UnexpectedValues { path: String, values: Vec<String> },
-}
-
 impl LabelSelector {
     /// A selector requiring exactly these labels.
     pub fn from_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
@@ -92,134 +70,128 @@ impl LabelSelector {
         }
     }
 
+    /// The selector in the model's terms, where its rules live.
+    pub fn to_model(&self) -> model::LabelSelector {
+        self.into()
+    }
+
     /// True when the selector has no requirement at all, i.e. it selects everything.
     pub fn is_empty(&self) -> bool {
-        self.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
-            && self.match_expressions.as_ref().is_none_or(Vec::is_empty)
+        self.to_model().is_empty()
     }
 
-    /// Checks keys, values and operator/values consistency; `path` prefixes error paths.
+    /// Checks keys, values and operator/values consistency (see
+    /// [`model::LabelSelector::validate_with`]); errors name the offending field below `path`.
     pub fn validate(&self, path: &str) -> Result<(), SelectorError> {
-        for (key, value) in self.match_labels.iter().flatten() {
-            let key_path = format!("{path}.matchLabels");
-            validate_key(&key_path, key)?;
-            validate_value(&format!("{key_path}[{key}]"), value)?;
-        }
-        for (i, req) in self.match_expressions.iter().flatten().enumerate() {
-            let req_path = format!("{path}.matchExpressions[{i}]");
-            validate_key(&format!("{req_path}.key"), &req.key)?;
-            let values = req.values.clone().unwrap_or_default();
-            match req.operator {
-                SelectorOperator::In | SelectorOperator::NotIn if values.is_empty() => {
-                    return Err(SelectorError::EmptyValues {
-                        path: format!("{req_path}.values"),
-                        values,
-                    });
-                }
-                SelectorOperator::Exists | SelectorOperator::DoesNotExist if !values.is_empty() => {
-                    return Err(SelectorError::UnexpectedValues {
-                        path: format!("{req_path}.values"),
-                        values,
-                    });
-                }
-                _ => {}
-            }
-            for (j, value) in values.iter().enumerate() {
-                validate_value(&format!("{req_path}.values[{j}]"), value)?;
-            }
-        }
-        Ok(())
+        self.to_model()
+            .validate_with(KEY_SYNTAX)
+            .map_err(|e| e.at(path))
     }
 
-    /// Whether `labels` satisfy the selector (Kubernetes semantics). A Cilium source prefix on a
-    /// selector key (`k8s:app`, `any:app`) is ignored: the plain labels of Kubernetes objects
-    /// all come from the `k8s` source.
+    /// Like [`Self::validate`] with plain Kubernetes keys only, as Cilium reads pool and L2
+    /// announcement selectors (`LabelSelectorAsSelector`): `k8s:app` is refused there.
+    pub fn validate_kubernetes(&self, path: &str) -> Result<(), SelectorError> {
+        self.to_model()
+            .validate_with(model::KeySyntax::Kubernetes)
+            .map_err(|e| e.at(path))
+    }
+
+    /// Whether `labels` satisfy the selector (Kubernetes semantics, see
+    /// [`model::LabelSelector::matches_with`]). A Cilium source prefix on a selector key
+    /// (`k8s:app`, `any:app`) is ignored.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let lookup = |key: &str| labels.get(strip_source(key));
-        let labels_ok = self
-            .match_labels
-            .iter()
-            .flatten()
-            .all(|(k, v)| lookup(k) == Some(v));
-        let expressions_ok = self.match_expressions.iter().flatten().all(|req| {
-            let present = lookup(&req.key);
-            let values = req.values.as_deref().unwrap_or_default();
-            match req.operator {
-                SelectorOperator::In => present.is_some_and(|v| values.contains(v)),
-                SelectorOperator::NotIn => present.is_none_or(|v| !values.contains(v)),
-                SelectorOperator::Exists => present.is_some(),
-                SelectorOperator::DoesNotExist => present.is_none(),
-            }
-        });
-        labels_ok && expressions_ok
+        self.to_model().matches_with(labels, KEY_SYNTAX)
     }
 }
 
-fn strip_source(key: &str) -> &str {
-    match key.split_once(':') {
-        Some((source, rest)) if KEY_SOURCES.contains(&source) => rest,
-        _ => key,
+impl From<SelectorOperator> for model::LabelSelectorOperator {
+    fn from(op: SelectorOperator) -> Self {
+        match op {
+            SelectorOperator::In => Self::In,
+            SelectorOperator::NotIn => Self::NotIn,
+            SelectorOperator::Exists => Self::Exists,
+            SelectorOperator::DoesNotExist => Self::DoesNotExist,
+        }
     }
 }
 
-fn is_name_segment(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    !s.is_empty()
-        && s.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|part| {
-            let b = part.as_bytes();
-            !part.is_empty()
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
-fn validate_key(path: &str, key: &str) -> Result<(), SelectorError> {
-    let err = |reason| SelectorError::InvalidKey {
-        path: path.to_string(),
-        key: key.to_string(),
-        reason,
-    };
-    let name = strip_source(key);
-    let (prefix, name) = match name.rsplit_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, name),
-    };
-    if let Some(prefix) = prefix
-        && !is_dns_subdomain(prefix)
-    {
-        return Err(err(
-            "prefix must be a DNS subdomain (lower case, dots, dashes)",
-        ));
+impl From<&LabelSelectorRequirement> for model::LabelSelectorRequirement {
+    fn from(req: &LabelSelectorRequirement) -> Self {
+        req.clone().into()
     }
-    if !is_name_segment(name) {
-        return Err(err(
-            "name must be 1-63 characters of [A-Za-z0-9_.-], starting and ending alphanumeric",
-        ));
-    }
-    Ok(())
 }
 
-fn validate_value(path: &str, value: &str) -> Result<(), SelectorError> {
-    if value.is_empty() || is_name_segment(value) {
-        Ok(())
-    } else {
-        Err(SelectorError::InvalidValue {
-            path: path.to_string(),
-            value: value.to_string(),
-            reason: "must be empty or 1-63 characters of [A-Za-z0-9_.-], starting and ending alphanumeric",
+impl From<LabelSelectorRequirement> for model::LabelSelectorRequirement {
+    fn from(req: LabelSelectorRequirement) -> Self {
+        Self {
+            key: req.key,
+            operator: req.operator.into(),
+            values: req.values,
+        }
+    }
+}
+
+impl From<&LabelSelector> for model::LabelSelector {
+    fn from(sel: &LabelSelector) -> Self {
+        Self {
+            match_labels: sel.match_labels.clone(),
+            match_expressions: sel
+                .match_expressions
+                .as_ref()
+                .map(|reqs| reqs.iter().map(Into::into).collect()),
+        }
+    }
+}
+
+impl From<LabelSelector> for model::LabelSelector {
+    fn from(sel: LabelSelector) -> Self {
+        Self {
+            match_labels: sel.match_labels,
+            match_expressions: sel
+                .match_expressions
+                .map(|reqs| reqs.into_iter().map(Into::into).collect()),
+        }
+    }
+}
+
+/// The CRD spelling of a model selector; fails on an operator the CRD schema does not allow
+/// ([`model::SelectorError::UnknownOperator`]).
+impl TryFrom<model::LabelSelector> for LabelSelector {
+    type Error = model::SelectorError;
+
+    fn try_from(sel: model::LabelSelector) -> Result<Self, Self::Error> {
+        let match_expressions = sel
+            .match_expressions
+            .map(|reqs| {
+                reqs.into_iter()
+                    .enumerate()
+                    .map(|(index, req)| {
+                        let operator = match req.operator {
+                            model::LabelSelectorOperator::In => SelectorOperator::In,
+                            model::LabelSelectorOperator::NotIn => SelectorOperator::NotIn,
+                            model::LabelSelectorOperator::Exists => SelectorOperator::Exists,
+                            model::LabelSelectorOperator::DoesNotExist => {
+                                SelectorOperator::DoesNotExist
+                            }
+                            model::LabelSelectorOperator::Unknown(operator) => {
+                                return Err(model::SelectorError::UnknownOperator {
+                                    index,
+                                    operator,
+                                });
+                            }
+                        };
+                        Ok(LabelSelectorRequirement {
+                            key: req.key,
+                            operator,
+                            values: req.values,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        Ok(Self {
+            match_labels: sel.match_labels,
+            match_expressions,
         })
     }
 }
@@ -243,21 +215,6 @@ mod tests {
         }
     }
 
-    // The seed L2 policy's selector: nodes that are not control-plane nodes.
-    #[test]
-    fn does_not_exist_selects_nodes_without_the_label() {
-        let sel = LabelSelector {
-            match_labels: None,
-            match_expressions: Some(vec![req(
-                "node-role.kubernetes.io/control-plane",
-                SelectorOperator::DoesNotExist,
-                &[],
-            )]),
-        };
-        assert!(sel.matches(&labels(&[("kubernetes.io/hostname", "worker")])));
-        assert!(!sel.matches(&labels(&[("node-role.kubernetes.io/control-plane", "")])));
-    }
-
     #[test]
     fn empty_selector_selects_everything() {
         assert!(LabelSelector::default().is_empty());
@@ -269,20 +226,7 @@ mod tests {
         let sel = LabelSelector::from_labels([("k8s:org", "empire")]);
         assert!(sel.matches(&labels(&[("org", "empire")])));
         assert!(!sel.matches(&labels(&[("org", "alliance")])));
-    }
-
-    #[test]
-    fn in_and_not_in() {
-        let sel = LabelSelector {
-            match_labels: None,
-            match_expressions: Some(vec![
-                req("org", SelectorOperator::In, &["empire", "rebels"]),
-                req("class", SelectorOperator::NotIn, &["xwing"]),
-            ]),
-        };
-        assert!(sel.matches(&labels(&[("org", "empire"), ("class", "deathstar")])));
-        assert!(!sel.matches(&labels(&[("org", "empire"), ("class", "xwing")])));
-        assert!(!sel.matches(&labels(&[("class", "deathstar")])));
+        assert_eq!(sel.validate("spec.endpointSelector"), Ok(()));
     }
 
     #[test]
@@ -304,5 +248,81 @@ mod tests {
         let err = sel.validate("spec.nodeSelector").unwrap_err().to_string();
         assert!(err.contains("spec.nodeSelector.matchLabels[app]"), "{err}");
         assert!(err.contains("\"-bad\""), "{err}");
+    }
+
+    // Every operator converts to the model's, and back.
+    #[test]
+    fn converts_to_and_from_the_model() {
+        let sel = LabelSelector {
+            match_labels: Some(labels(&[("app", "web")])),
+            match_expressions: Some(vec![
+                req("a", SelectorOperator::In, &["x"]),
+                req("b", SelectorOperator::NotIn, &["y"]),
+                req("c", SelectorOperator::Exists, &[]),
+                req("d", SelectorOperator::DoesNotExist, &[]),
+            ]),
+        };
+        let m = model::LabelSelector::from(&sel);
+        let ops: Vec<&str> = m
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|r| r.operator.as_str())
+            .collect();
+        assert_eq!(ops, ["In", "NotIn", "Exists", "DoesNotExist"]);
+        assert_eq!(m.match_labels, sel.match_labels);
+        assert_eq!(m, model::LabelSelector::from(sel.clone()));
+        // Same JSON on both sides.
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            serde_json::to_value(&sel).unwrap()
+        );
+        assert_eq!(LabelSelector::try_from(m), Ok(sel));
+
+        let odd = model::LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![
+                req("a", SelectorOperator::Exists, &[]).into(),
+                model::LabelSelectorRequirement {
+                    key: "b".into(),
+                    operator: "Gt".into(),
+                    values: Some(vec!["1".into()]),
+                },
+            ]),
+        };
+        let err = LabelSelector::try_from(odd).unwrap_err();
+        assert_eq!(
+            err,
+            model::SelectorError::UnknownOperator {
+                index: 1,
+                operator: "Gt".into()
+            }
+        );
+    }
+
+    // The paths name the selector's place in the object, below every kind of requirement.
+    #[test]
+    fn errors_name_the_field_path() {
+        let sel = LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![
+                req("k8s:tier", SelectorOperator::Exists, &[]),
+                req("a", SelectorOperator::Exists, &["x"]),
+            ]),
+        };
+        assert_eq!(
+            sel.validate("specs[1].ingress[0].fromEndpoints[2]")
+                .unwrap_err()
+                .to_string(),
+            r#"specs[1].ingress[0].fromEndpoints[2].matchExpressions[1].values: values set must be empty for 'Exists' and 'DoesNotExist' operators (got ["x"])"#
+        );
+        let err = LabelSelector::from_labels([("bad key", "v")])
+            .validate("spec.nodeSelector")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("spec.nodeSelector.matchLabels: invalid label key \"bad key\": "),
+            "{err}"
+        );
     }
 }

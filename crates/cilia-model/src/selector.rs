@@ -1,5 +1,6 @@
 //! Kubernetes label selectors (`metav1.LabelSelector`): the shape, validation with Kubernetes'
-//! error texts, and matching against a label set.
+//! error texts, and matching against a label set. This is the one implementation of the rules;
+//! `cilia-api`'s CRD-facing selector converts into [`LabelSelector`] and delegates here.
 //!
 //! # Nil versus empty
 //!
@@ -12,11 +13,27 @@
 //! `CiliumL2AnnouncementPolicy`) as "select every object". Callers therefore say which one they
 //! mean with [`NilSelector`] and [`matches_optional`].
 //!
+//! # Label sources
+//!
+//! Cilium's endpoint selectors may prefix a key with a label source (`k8s:app`, `any:app`, see
+//! [`LABEL_SOURCES`]); `LabelSelectorAsSelector` has no such notion and rejects the `:`. Callers
+//! say which keys they accept with [`KeySyntax`]: [`LabelSelector::validate`] and
+//! [`LabelSelector::matches`] read plain Kubernetes keys, [`LabelSelector::validate_with`] and
+//! [`LabelSelector::matches_with`] take the syntax.
+//!
 //! # Invalid selectors
 //!
 //! [`LabelSelector::matches`] evaluates the requirements as written and never fails; a caller that
 //! receives selectors from users runs [`LabelSelector::validate`] once and treats an invalid
 //! selector the way its API documents (LB-IPAM: the pool selects no Service).
+//!
+//! # Error texts
+//!
+//! A [`SelectorError`] displays as `LabelSelectorAsSelector` words it, relative to the failing
+//! requirement (`values: Invalid value: []string(nil): for 'in', 'notin' operators, values set
+//! can't be empty`). [`SelectorError::at`] places it in an object instead, naming the full field
+//! path first (`spec.serviceSelector.matchExpressions[0].values: ...`), which is how CRD
+//! validation reports it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -96,6 +113,12 @@ impl<'de> Deserialize<'de> for LabelSelectorOperator {
     }
 }
 
+impl fmt::Display for LabelSelectorOperator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What an absent (nil) selector selects in the caller's API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NilSelector {
@@ -117,29 +140,212 @@ pub fn matches_optional(
     }
 }
 
+/// Label sources Cilium allows as a key prefix in endpoint selectors (`k8s:app`, `any:app`).
+pub const LABEL_SOURCES: &[&str] = &[
+    "any",
+    "k8s",
+    "reserved",
+    "container",
+    "unspec",
+    "cidr",
+    "fqdn",
+    "cilium-generated",
+];
+
+/// How the keys of a selector name labels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeySyntax {
+    /// Plain Kubernetes label keys, as `LabelSelectorAsSelector` reads them (what Cilium applies
+    /// to LB-IPAM pool and L2 announcement selectors): `k8s:app` is an invalid key.
+    #[default]
+    Kubernetes,
+    /// A key may start with one of Cilium's [`LABEL_SOURCES`] and `:` (`k8s:app`, `any:app`), as
+    /// in Cilium's endpoint selectors. The source is dropped before the key is validated and
+    /// looked up: the labels of Kubernetes objects all come from the `k8s` source.
+    CiliumSource,
+}
+
+impl KeySyntax {
+    /// The label key that the selector key `key` looks up.
+    pub fn label_key(self, key: &str) -> &str {
+        match (self, key.split_once(':')) {
+            (Self::CiliumSource, Some((source, rest))) if LABEL_SOURCES.contains(&source) => rest,
+            _ => key,
+        }
+    }
+}
+
 /// Why a selector cannot be turned into a Kubernetes `labels.Selector`. `Display` renders the
 /// error text of `LabelSelectorAsSelector` (for example
-/// `values: Invalid value: []string(nil): for 'in', 'notin' operators, values set can't be empty`).
+/// `values: Invalid value: []string(nil): for 'in', 'notin' operators, values set can't be empty`);
+/// [`SelectorError::at`] names the full field path instead.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
-    /// A `matchExpressions` operator outside In / NotIn / Exists / DoesNotExist.
+    /// A `matchExpressions[index]` operator outside In / NotIn / Exists / DoesNotExist.
     #[error("{} is not a valid label selector operator", go_quote(.operator))]
-    UnknownOperator { operator: String },
+    UnknownOperator { index: usize, operator: String },
     /// One requirement broke one or more rules (Kubernetes reports them as an aggregate).
     #[error("{}", aggregate(.0))]
     Invalid(Vec<FieldError>),
 }
 
-/// One `field.Invalid` error: the path, the offending value and the rule it broke.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: Invalid value: {value}: {detail}")]
-pub struct FieldError {
-    /// `key`, `values`, or `values[i][key]` (Kubernetes' field path of the requirement).
-    pub field: String,
-    /// The value rendered the way Go prints it (`"x"`, `[]string(nil)`, `[]string{"a"}`).
-    pub value: String,
-    pub detail: String,
+impl SelectorError {
+    /// This error of the selector at `path` in an object (`spec.serviceSelector`).
+    pub fn at(self, path: impl Into<String>) -> SelectorPathError {
+        SelectorPathError {
+            path: path.into(),
+            error: self,
+        }
+    }
 }
+
+/// The requirement a [`FieldError`] is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// The `matchLabels` entry of [`FieldError::key`].
+    MatchLabel,
+    /// `matchExpressions[i]`.
+    MatchExpression(usize),
+}
+
+/// The rule a requirement broke, with the offending input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The key is not a qualified name (`IsQualifiedName`); `detail` lists why.
+    InvalidKey { detail: String },
+    /// Value number `index` (0 for a `matchLabels` value) is not a label value
+    /// (`IsValidLabelValue`); `detail` lists why.
+    InvalidValue {
+        index: usize,
+        value: String,
+        detail: String,
+    },
+    /// `In` / `NotIn` without values.
+    ValuesRequired,
+    /// `Exists` / `DoesNotExist` with values.
+    ValuesForbidden { values: Vec<String> },
+}
+
+/// One `field.Invalid` error of a requirement. `Display` renders it like Kubernetes:
+/// `field: Invalid value: value: detail`, see [`FieldError::field`] and [`FieldError::value`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: Invalid value: {}: {}", self.field(), self.value(), self.detail())]
+pub struct FieldError {
+    pub requirement: Requirement,
+    /// The requirement's key as written (with a label source, if any).
+    pub key: String,
+    pub problem: Problem,
+}
+
+impl FieldError {
+    /// Kubernetes' field path, relative to the requirement: `key`, `values`, or
+    /// `values[i][key]`.
+    pub fn field(&self) -> String {
+        match &self.problem {
+            Problem::InvalidKey { .. } => "key".into(),
+            Problem::InvalidValue { index, .. } => format!("values[{index}][{}]", self.key),
+            Problem::ValuesRequired | Problem::ValuesForbidden { .. } => "values".into(),
+        }
+    }
+
+    /// The offending value as Go prints it (`"x"`, `[]string(nil)`, `[]string{"a"}`).
+    pub fn value(&self) -> String {
+        match &self.problem {
+            Problem::InvalidKey { .. } => go_quote(&self.key),
+            Problem::InvalidValue { value, .. } => go_quote(value),
+            Problem::ValuesRequired => go_string_slice(&[]),
+            Problem::ValuesForbidden { values } => go_string_slice(values),
+        }
+    }
+
+    /// The rule(s) broken, in Kubernetes' words.
+    pub fn detail(&self) -> &str {
+        match &self.problem {
+            Problem::InvalidKey { detail } | Problem::InvalidValue { detail, .. } => detail,
+            Problem::ValuesRequired => "for 'in', 'notin' operators, values set can't be empty",
+            Problem::ValuesForbidden { .. } => {
+                "values set must be empty for exists and does not exist"
+            }
+        }
+    }
+
+    /// The field path of the offending input, for a selector at `path` in an object:
+    /// `<path>.matchLabels` (a bad key), `<path>.matchLabels[key]`,
+    /// `<path>.matchExpressions[i].key`, `<path>.matchExpressions[i].values` or
+    /// `<path>.matchExpressions[i].values[j]`.
+    pub fn path(&self, path: &str) -> String {
+        match (&self.requirement, &self.problem) {
+            (Requirement::MatchLabel, Problem::InvalidKey { .. }) => format!("{path}.matchLabels"),
+            (Requirement::MatchLabel, _) => format!("{path}.matchLabels[{}]", self.key),
+            (Requirement::MatchExpression(i), problem) => {
+                let req = format!("{path}.matchExpressions[{i}]");
+                match problem {
+                    Problem::InvalidKey { .. } => format!("{req}.key"),
+                    Problem::InvalidValue { index, .. } => format!("{req}.values[{index}]"),
+                    Problem::ValuesRequired | Problem::ValuesForbidden { .. } => {
+                        format!("{req}.values")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Path-first rendering for a selector at `path` (see [`SelectorPathError`]).
+    fn fmt_at(&self, path: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.path(path);
+        match &self.problem {
+            Problem::InvalidKey { detail } => {
+                write!(f, "{at}: invalid label key {:?}: {detail}", self.key)
+            }
+            Problem::InvalidValue { value, detail, .. } => {
+                write!(f, "{at}: invalid label value {value:?}: {detail}")
+            }
+            Problem::ValuesRequired => write!(
+                f,
+                "{at}: for 'In', 'NotIn' operators, values set can't be empty (got [])"
+            ),
+            Problem::ValuesForbidden { values } => write!(
+                f,
+                "{at}: values set must be empty for 'Exists' and 'DoesNotExist' operators (got {values:?})"
+            ),
+        }
+    }
+}
+
+/// A [`SelectorError`] of the selector at `path` in an object, rendered field path first the way
+/// CRD validation reports problems, e.g.
+/// `spec.nodeSelector.matchLabels[app]: invalid label value "-x": a valid label must be ...`.
+/// Several problems of one requirement are joined by `; `.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectorPathError {
+    /// Where the selector is (`spec.serviceSelector`, `specs[0].ingress[1].fromEndpoints[2]`).
+    pub path: String,
+    pub error: SelectorError,
+}
+
+impl fmt::Display for SelectorPathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = &self.path;
+        match &self.error {
+            SelectorError::UnknownOperator { index, operator } => write!(
+                f,
+                "{path}.matchExpressions[{index}].operator: {} is not a valid label selector operator",
+                go_quote(operator)
+            ),
+            SelectorError::Invalid(errors) => {
+                for (i, e) in errors.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    e.fmt_at(path, f)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for SelectorPathError {}
 
 fn aggregate(errors: &[FieldError]) -> String {
     let mut seen: Vec<String> = Vec::new();
@@ -198,47 +404,62 @@ impl LabelSelector {
             && self.match_expressions.as_ref().is_none_or(Vec::is_empty)
     }
 
-    /// Checks the selector like `LabelSelectorAsSelector`: the first requirement that fails is
-    /// reported (match labels in key order, then expressions in order).
+    /// Checks the selector like `LabelSelectorAsSelector`, with plain Kubernetes keys.
     pub fn validate(&self) -> Result<(), SelectorError> {
+        self.validate_with(KeySyntax::Kubernetes)
+    }
+
+    /// Checks the selector like `LabelSelectorAsSelector`, reading keys with `keys`: the first
+    /// requirement that fails is reported with every rule it broke (match labels in key order,
+    /// then expressions in order).
+    pub fn validate_with(&self, keys: KeySyntax) -> Result<(), SelectorError> {
         for (key, value) in self.match_labels.iter().flatten() {
             let mut errors = Vec::new();
-            check_key(key, &mut errors);
-            check_value(key, value, 0, &mut errors);
+            let mut push = |problem| {
+                errors.push(FieldError {
+                    requirement: Requirement::MatchLabel,
+                    key: key.clone(),
+                    problem,
+                })
+            };
+            check_key(keys.label_key(key), &mut push);
+            check_value(0, value, &mut push);
             if !errors.is_empty() {
                 return Err(SelectorError::Invalid(errors));
             }
         }
-        for req in self.match_expressions.iter().flatten() {
+        for (index, req) in self.match_expressions.iter().flatten().enumerate() {
             if let LabelSelectorOperator::Unknown(op) = &req.operator {
                 return Err(SelectorError::UnknownOperator {
+                    index,
                     operator: op.clone(),
                 });
             }
             let values = req.values.as_deref().unwrap_or_default();
             let mut errors = Vec::new();
-            check_key(&req.key, &mut errors);
+            let mut push = |problem| {
+                errors.push(FieldError {
+                    requirement: Requirement::MatchExpression(index),
+                    key: req.key.clone(),
+                    problem,
+                })
+            };
+            check_key(keys.label_key(&req.key), &mut push);
             match req.operator {
                 LabelSelectorOperator::In | LabelSelectorOperator::NotIn if values.is_empty() => {
-                    errors.push(FieldError {
-                        field: "values".into(),
-                        value: go_string_slice(values),
-                        detail: "for 'in', 'notin' operators, values set can't be empty".into(),
-                    });
+                    push(Problem::ValuesRequired);
                 }
                 LabelSelectorOperator::Exists | LabelSelectorOperator::DoesNotExist
                     if !values.is_empty() =>
                 {
-                    errors.push(FieldError {
-                        field: "values".into(),
-                        value: go_string_slice(values),
-                        detail: "values set must be empty for exists and does not exist".into(),
+                    push(Problem::ValuesForbidden {
+                        values: values.to_vec(),
                     });
                 }
                 _ => {}
             }
             for (i, value) in values.iter().enumerate() {
-                check_value(&req.key, value, i, &mut errors);
+                check_value(i, value, &mut push);
             }
             if !errors.is_empty() {
                 return Err(SelectorError::Invalid(errors));
@@ -247,18 +468,24 @@ impl LabelSelector {
         Ok(())
     }
 
-    /// Whether `labels` satisfy every requirement (Kubernetes semantics: `NotIn` and
-    /// `DoesNotExist` hold for an absent key). The empty selector matches everything. An unknown
-    /// operator matches nothing.
+    /// Whether `labels` satisfy every requirement, with plain Kubernetes keys.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_with(labels, KeySyntax::Kubernetes)
+    }
+
+    /// Whether `labels` satisfy every requirement (Kubernetes semantics: `NotIn` and
+    /// `DoesNotExist` hold for an absent key), reading keys with `keys`. The empty selector
+    /// matches everything. An unknown operator matches nothing.
+    pub fn matches_with(&self, labels: &BTreeMap<String, String>, keys: KeySyntax) -> bool {
+        let lookup = |key: &str| labels.get(keys.label_key(key));
         let labels_ok = self
             .match_labels
             .iter()
             .flatten()
-            .all(|(k, v)| labels.get(k) == Some(v));
+            .all(|(k, v)| lookup(k) == Some(v));
         labels_ok
             && self.match_expressions.iter().flatten().all(|req| {
-                let present = labels.get(&req.key);
+                let present = lookup(&req.key);
                 let values = req.values.as_deref().unwrap_or_default();
                 match &req.operator {
                     LabelSelectorOperator::In => present.is_some_and(|v| values.contains(v)),
@@ -383,18 +610,18 @@ fn qualified_name_errors(value: &str) -> Vec<String> {
     errs
 }
 
-fn check_key(key: &str, errors: &mut Vec<FieldError>) {
-    let errs = qualified_name_errors(key);
+/// Reports `label_key` (the key with any label source dropped) if it is not a qualified name.
+fn check_key(label_key: &str, push: &mut impl FnMut(Problem)) {
+    let errs = qualified_name_errors(label_key);
     if !errs.is_empty() {
-        errors.push(FieldError {
-            field: "key".into(),
-            value: go_quote(key),
+        push(Problem::InvalidKey {
             detail: errs.join("; "),
         });
     }
 }
 
-fn check_value(key: &str, value: &str, index: usize, errors: &mut Vec<FieldError>) {
+/// Reports value number `index` if it is not a label value (`IsValidLabelValue`).
+fn check_value(index: usize, value: &str, push: &mut impl FnMut(Problem)) {
     let mut errs = Vec::new();
     if value.len() > LABEL_VALUE_MAX {
         errs.push(max_len_error(LABEL_VALUE_MAX));
@@ -407,17 +634,11 @@ fn check_value(key: &str, value: &str, index: usize, errors: &mut Vec<FieldError
         ));
     }
     if !errs.is_empty() {
-        errors.push(FieldError {
-            field: format!("values[{index}][{key}]"),
-            value: go_quote(value),
+        push(Problem::InvalidValue {
+            index,
+            value: value.to_string(),
             detail: errs.join("; "),
         });
-    }
-}
-
-impl fmt::Display for LabelSelectorOperator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -612,5 +833,237 @@ mod tests {
             ]),
         };
         assert_eq!(sel.validate(), Ok(()));
+    }
+
+    // A Cilium label source on a key is dropped for matching only when the caller reads keys
+    // that way (endpoint selectors); plain Kubernetes keys are looked up as written.
+    #[test]
+    fn source_prefix_is_ignored_when_matching_cilium_keys() {
+        let sel = LabelSelector::from_labels([("k8s:org", "empire")]);
+        assert!(sel.matches_with(&labels(&[("org", "empire")]), KeySyntax::CiliumSource));
+        assert!(!sel.matches_with(&labels(&[("org", "alliance")]), KeySyntax::CiliumSource));
+        assert!(!sel.matches(&labels(&[("org", "empire")])));
+        let any = with_exprs(vec![
+            expr("any:class", "In", Some(&["deathstar"])),
+            expr("reserved:host", "DoesNotExist", None),
+        ]);
+        assert!(any.matches_with(&labels(&[("class", "deathstar")]), KeySyntax::CiliumSource));
+        assert!(!any.matches_with(
+            &labels(&[("class", "deathstar"), ("host", "")]),
+            KeySyntax::CiliumSource
+        ));
+        // Not a known source: the key is looked up verbatim.
+        let odd = LabelSelector::from_labels([("team:org", "empire")]);
+        assert!(odd.matches_with(&labels(&[("team:org", "empire")]), KeySyntax::CiliumSource));
+        assert!(!odd.matches_with(&labels(&[("org", "empire")]), KeySyntax::CiliumSource));
+    }
+
+    // Keys with a label source validate as the key behind the source; errors name the key as
+    // written. Plain Kubernetes keys reject the ':' like IsQualifiedName.
+    #[test]
+    fn source_prefixed_keys_validate_as_the_label_key() {
+        let sel = LabelSelector {
+            match_labels: Some(labels(&[(
+                "k8s:io.kubernetes.pod.namespace",
+                "kube-system",
+            )])),
+            match_expressions: Some(vec![
+                expr("any:app.kubernetes.io/name", "In", Some(&["web"])),
+                expr("k8s:tier", "Exists", None),
+            ]),
+        };
+        assert_eq!(sel.validate_with(KeySyntax::CiliumSource), Ok(()));
+        let err = sel.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "key: Invalid value: \"k8s:io.kubernetes.pod.namespace\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+        );
+        for bad in ["k8s:", "k8s:-x", "team:org", "k8s:Example.com/app"] {
+            let err = LabelSelector::from_labels([(bad, "v")])
+                .validate_with(KeySyntax::CiliumSource)
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("key: Invalid value: {bad:?}: ")),
+                "{bad}: {err}"
+            );
+        }
+        let err = LabelSelector::from_labels([("k8s:", "v")])
+            .validate_with(KeySyntax::CiliumSource)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("name part must be non-empty"),
+            "{err}"
+        );
+        let err = LabelSelector::from_labels([("k8s:app", "-x")])
+            .validate_with(KeySyntax::CiliumSource)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("values[0][k8s:app]: Invalid value: \"-x\": a valid label"),
+            "{err}"
+        );
+    }
+
+    // Keys and values are held to Kubernetes' lengths: name part 63, prefix 253, value 63.
+    #[test]
+    fn length_limits_follow_kubernetes() {
+        let name63 = "a".repeat(63);
+        let prefix253 = format!("{}.com", "a".repeat(249));
+        let ok = LabelSelector::from_labels([
+            (name63.as_str(), name63.as_str()),
+            (format!("{prefix253}/x").as_str(), ""),
+        ]);
+        assert_eq!(ok.validate(), Ok(()));
+        let long_name = "a".repeat(64);
+        let err = LabelSelector::from_labels([(long_name.as_str(), "v")])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(": name part must be no more than 63 characters"),
+            "{err}"
+        );
+        let long_prefix = format!("a{prefix253}/x");
+        let err = LabelSelector::from_labels([(long_prefix.as_str(), "v")])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(": prefix part must be no more than 253 characters"),
+            "{err}"
+        );
+        let err = LabelSelector::from_labels([("app", long_name.as_str())])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(": must be no more than 63 characters"),
+            "{err}"
+        );
+        for bad in ["/app", "a/b/c", "Example.com/app", "app/", ""] {
+            assert!(
+                LabelSelector::from_labels([(bad, "v")]).validate().is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    // The seed L2 policy's selector: nodes that are not control-plane nodes.
+    #[test]
+    fn does_not_exist_selects_nodes_without_the_label() {
+        let sel = with_exprs(vec![expr(
+            "node-role.kubernetes.io/control-plane",
+            "DoesNotExist",
+            None,
+        )]);
+        assert_eq!(sel.validate(), Ok(()));
+        assert!(sel.matches(&labels(&[("kubernetes.io/hostname", "worker")])));
+        assert!(!sel.matches(&labels(&[("node-role.kubernetes.io/control-plane", "")])));
+    }
+
+    // Several expressions must all hold.
+    #[test]
+    fn in_and_not_in() {
+        let sel = with_exprs(vec![
+            expr("org", "In", Some(&["empire", "rebels"])),
+            expr("class", "NotIn", Some(&["xwing"])),
+        ]);
+        assert!(sel.matches(&labels(&[("org", "empire"), ("class", "deathstar")])));
+        assert!(!sel.matches(&labels(&[("org", "empire"), ("class", "xwing")])));
+        assert!(!sel.matches(&labels(&[("class", "deathstar")])));
+    }
+
+    // At a path, every problem names the full field path of the offending input first.
+    #[test]
+    fn errors_at_a_path_name_the_field() {
+        let at = |sel: LabelSelector, path: &str| {
+            sel.validate_with(KeySyntax::CiliumSource)
+                .unwrap_err()
+                .at(path)
+                .to_string()
+        };
+        assert_eq!(
+            at(
+                with_exprs(vec![expr("org", "In", None)]),
+                "spec.serviceSelector"
+            ),
+            "spec.serviceSelector.matchExpressions[0].values: for 'In', 'NotIn' operators, values set can't be empty (got [])"
+        );
+        assert_eq!(
+            at(
+                with_exprs(vec![
+                    expr("a", "Exists", None),
+                    expr("b", "Exists", Some(&["x"]))
+                ]),
+                "spec.nodeSelector"
+            ),
+            r#"spec.nodeSelector.matchExpressions[1].values: values set must be empty for 'Exists' and 'DoesNotExist' operators (got ["x"])"#
+        );
+        assert_eq!(
+            at(
+                with_exprs(vec![expr("a", "Is", Some(&["x"]))]),
+                "spec.nodeSelector"
+            ),
+            r#"spec.nodeSelector.matchExpressions[0].operator: "Is" is not a valid label selector operator"#
+        );
+        let err = at(
+            LabelSelector::from_labels([("app", "-bad")]),
+            "spec.nodeSelector",
+        );
+        assert!(
+            err.starts_with(
+                "spec.nodeSelector.matchLabels[app]: invalid label value \"-bad\": a valid label must be"
+            ),
+            "{err}"
+        );
+        let err = at(
+            LabelSelector::from_labels([("k8s:bad key", "ok")]),
+            "specs[0].endpointSelector",
+        );
+        assert!(
+            err.starts_with(
+                "specs[0].endpointSelector.matchLabels: invalid label key \"k8s:bad key\": name part must consist"
+            ),
+            "{err}"
+        );
+        // Every problem of the failing requirement is reported, in order.
+        let err = at(
+            with_exprs(vec![expr("Example.com/app", "NotIn", Some(&["ok", "-x"]))]),
+            "spec.egress[0].toEndpoints[1]",
+        );
+        let parts: Vec<&str> = err.split("; ").collect();
+        assert!(
+            parts[0].starts_with("spec.egress[0].toEndpoints[1].matchExpressions[0].key: invalid label key \"Example.com/app\": prefix part a lowercase RFC 1123 subdomain"),
+            "{err}"
+        );
+        assert!(
+            err.contains("; spec.egress[0].toEndpoints[1].matchExpressions[0].values[1]: invalid label value \"-x\": a valid label"),
+            "{err}"
+        );
+    }
+
+    // The structured error says which requirement broke which rule.
+    #[test]
+    fn field_errors_are_structured() {
+        let err = with_exprs(vec![
+            expr("ok", "Exists", None),
+            expr("bad key", "In", Some(&["v", "-x"])),
+        ])
+        .validate()
+        .unwrap_err();
+        let SelectorError::Invalid(errors) = err else {
+            panic!("expected field errors")
+        };
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0].requirement, Requirement::MatchExpression(1));
+        assert!(matches!(errors[0].problem, Problem::InvalidKey { .. }));
+        assert_eq!(errors[0].field(), "key");
+        assert_eq!(errors[1].field(), "values[1][bad key]");
+        assert_eq!(errors[1].value(), "\"-x\"");
+        assert_eq!(
+            errors[1].path("spec.x"),
+            "spec.x.matchExpressions[1].values[1]"
+        );
     }
 }
