@@ -3,8 +3,10 @@
 #include <stdio.h>
 #include <stddef.h>
 #include "endpoint.h"
+#include "lb_maps.h"
 
 #define SIZE(t) printf("pub const SIZE_%s: usize = %zu;\n", #t, sizeof(struct t))
+#define CONST(n) printf("pub const %s: u32 = %u;\n", #n, (unsigned)(n))
 #define OFF(t, f) printf("pub const OFF_%s_%s: usize = %zu;\n", #t, #f, offsetof(struct t, f))
 
 int main(void)
@@ -17,5 +19,99 @@ int main(void)
 	OFF(ep_stats, tx_packets);
 	OFF(ep_stats, tx_bytes);
 	printf("pub const EP_STATS_MAX: u32 = %d;\n", CILIA_EP_STATS_MAX);
+
+	SIZE(lb4_key);
+	OFF(lb4_key, address);
+	OFF(lb4_key, dport);
+	OFF(lb4_key, backend_slot);
+	OFF(lb4_key, proto);
+	OFF(lb4_key, scope);
+	SIZE(lb4_service);
+	OFF(lb4_service, backend_id);
+	OFF(lb4_service, count);
+	OFF(lb4_service, rev_nat_index);
+	OFF(lb4_service, mode);
+	OFF(lb4_service, algorithm);
+	OFF(lb4_service, flags);
+	OFF(lb4_service, affinity_timeout);
+	SIZE(lb4_backend);
+	OFF(lb4_backend, address);
+	OFF(lb4_backend, port);
+	OFF(lb4_backend, proto);
+	OFF(lb4_backend, flags);
+	SIZE(lb4_reverse_nat);
+	OFF(lb4_reverse_nat, address);
+	OFF(lb4_reverse_nat, port);
+	SIZE(lb4_tuple);
+	OFF(lb4_tuple, saddr);
+	OFF(lb4_tuple, daddr);
+	OFF(lb4_tuple, sport);
+	OFF(lb4_tuple, dport);
+	OFF(lb4_tuple, proto);
+	SIZE(lb4_ct_entry);
+	OFF(lb4_ct_entry, backend_id);
+	OFF(lb4_ct_entry, rev_nat_index);
+	OFF(lb4_ct_entry, fwd);
+	OFF(lb4_ct_entry, nat_addr);
+	OFF(lb4_ct_entry, nat_port);
+	SIZE(lb4_nat_entry);
+	OFF(lb4_nat_entry, client_addr);
+	OFF(lb4_nat_entry, client_port);
+	OFF(lb4_nat_entry, rev_nat_index);
+	SIZE(lb4_dsr_entry);
+	OFF(lb4_dsr_entry, vip);
+	OFF(lb4_dsr_entry, vport);
+	SIZE(lb4_frag_key);
+	OFF(lb4_frag_key, saddr);
+	OFF(lb4_frag_key, daddr);
+	OFF(lb4_frag_key, id);
+	OFF(lb4_frag_key, proto);
+	SIZE(lb4_frag_ports);
+	OFF(lb4_frag_ports, sport);
+	OFF(lb4_frag_ports, dport);
+	SIZE(lb4_affinity_key);
+	OFF(lb4_affinity_key, client_addr);
+	OFF(lb4_affinity_key, rev_nat_index);
+	SIZE(lb4_affinity_entry);
+	OFF(lb4_affinity_entry, backend_id);
+	OFF(lb4_affinity_entry, last_used_ns);
+	SIZE(lb_fib_memo);
+	SIZE(lb_config);
+	OFF(lb_config, node_addr);
+	OFF(lb_config, node_mac);
+	OFF(lb_config, snat_port_min);
+	OFF(lb_config, snat_port_max);
+	OFF(lb_config, maglev_table_size);
+	OFF(lb_config, hash_seed);
+	CONST(CILIA_LB_SERVICES_MAX);
+	CONST(CILIA_LB_BACKENDS_MAX);
+	CONST(CILIA_LB_REVNAT_MAX);
+	CONST(CILIA_LB_MAGLEV_MAX);
+	CONST(CILIA_LB_MAGLEV_TABLE_DEFAULT);
+	CONST(CILIA_LB_CT_MAX);
+	CONST(CILIA_LB_NAT_MAX);
+	CONST(CILIA_LB_DSR_MAX);
+	CONST(CILIA_LB_COUNTERS_MAX);
+	CONST(CILIA_LB_FRAG_MAX);
+	CONST(CILIA_LB_FIB_MEMO_SLOTS);
+	CONST(CILIA_LB_AFFINITY_MAX);
+	CONST(LB_SCOPE_EXT);
+	CONST(LB_SCOPE_INT);
+	CONST(LB_MODE_SNAT);
+	CONST(LB_MODE_DSR);
+	CONST(LB_MODE_HYBRID);
+	CONST(LB_ALG_RANDOM);
+	CONST(LB_ALG_MAGLEV);
+	CONST(LB_SVC_F_ETP_LOCAL);
+	CONST(LB_SVC_F_AFFINITY);
+	CONST(LB_SVC_F_REJECT);
+	CONST(LB_BE_F_LOCAL);
+	CONST(LB_BE_F_HOST_NETWORK);
+	CONST(LB_FWD_SNAT);
+	CONST(LB_FWD_DSR);
+	CONST(LB_FWD_LOCAL);
+	CONST(LB_DSR_OPT_TYPE);
+	CONST(LB_DSR_OPT_LEN);
+	CONST(LB_C_MAX);
 	return 0;
 }

@@ -3,6 +3,11 @@
 
 pub mod bpf;
 pub mod endpoints;
+pub mod lb;
+pub mod lb_bpf;
+pub mod lb_fixtures;
+pub mod lb_maglev;
+pub mod lb_maps;
 pub mod maps;
 pub mod netlink;
 pub mod routes;

@@ -1,0 +1,514 @@
+//! aya edge of the load balancer: loads `xdp_lb.o` and `tc_lb.o` with every map pinned by name in the
+//! node's bpffs directory (both objects, and a restarted agent, share the same maps), writes
+//! [`LbDiff`]s and the node config, attaches with pinned links, and reads the maps back.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader, Pod};
+
+use crate::bpf::BpfError;
+use crate::lb::{LbDiff, LbEntries};
+use crate::lb_maglev::MaglevParams;
+use crate::lb_maps::{
+    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Lb4Tuple, LbConfig, LbCounter,
+};
+use crate::maps::c;
+
+/// The XDP load balancer (`ebpf/xdp_lb.c`).
+pub static XDP_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb.o"));
+/// The TC load balancer and the backend side of DSR (`ebpf/tc_lb.c`).
+pub static TC_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_lb.o"));
+/// Benchmark helpers: the frame-restoring wrapper and the empty floor (`ebpf/bench_xdp.c`).
+pub static BENCH_XDP_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_xdp.o"));
+
+pub const XDP_LB_PROG: &str = "cil_xdp_lb";
+pub const TC_LB_INGRESS_PROG: &str = "cil_lb_ingress";
+pub const TC_DSR_INGRESS_PROG: &str = "cil_lb_dsr_ingress";
+pub const TC_DSR_EGRESS_PROG: &str = "cil_lb_dsr_egress";
+const TC_PROGS: [&str; 3] = [TC_LB_INGRESS_PROG, TC_DSR_INGRESS_PROG, TC_DSR_EGRESS_PROG];
+
+pub const SERVICES_MAP: &str = "cilia_lb4_services";
+pub const BACKENDS_MAP: &str = "cilia_lb4_backends";
+pub const REVNAT_MAP: &str = "cilia_lb4_reverse_nat";
+pub const MAGLEV_MAP: &str = "cilia_lb4_maglev";
+pub const CT_MAP: &str = "cilia_lb4_ct";
+pub const NAT_MAP: &str = "cilia_lb4_nat";
+pub const DSR_MAP: &str = "cilia_lb4_dsr";
+pub const FRAG_MAP: &str = "cilia_lb4_frag";
+pub const AFFINITY_MAP: &str = "cilia_lb4_affinity";
+pub const CONFIG_MAP: &str = "cilia_lb_config";
+pub const COUNTERS_MAP: &str = "cilia_lb_counters";
+
+const LINKS_DIR: &str = "links";
+/// `BPF_F_INNER_MAP`: inner maglev tables may differ in size from the object's template.
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+/// Capacities of the load-balancing maps, fixed when a map is first pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbMapSizes {
+    /// Frontend entries: one per service plus one per backend slot (`bpf.lbMapMax`).
+    pub services: u32,
+    pub backends: u32,
+    pub rev_nat: u32,
+    pub maglev: u32,
+    pub ct: u32,
+    pub nat: u32,
+    pub dsr: u32,
+    pub frag: u32,
+    pub affinity: u32,
+}
+
+impl Default for LbMapSizes {
+    fn default() -> Self {
+        LbMapSizes {
+            services: c::CILIA_LB_SERVICES_MAX,
+            backends: c::CILIA_LB_BACKENDS_MAX,
+            rev_nat: c::CILIA_LB_REVNAT_MAX,
+            maglev: c::CILIA_LB_MAGLEV_MAX,
+            ct: c::CILIA_LB_CT_MAX,
+            nat: c::CILIA_LB_NAT_MAX,
+            dsr: c::CILIA_LB_DSR_MAX,
+            frag: c::CILIA_LB_FRAG_MAX,
+            affinity: c::CILIA_LB_AFFINITY_MAX,
+        }
+    }
+}
+
+impl LbMapSizes {
+    /// Small maps for tests: fast to create, same behaviour.
+    pub fn small() -> Self {
+        LbMapSizes {
+            services: 4096,
+            backends: 4096,
+            rev_nat: 4096,
+            maglev: 64,
+            ct: 4096,
+            nat: 4096,
+            dsr: 4096,
+            frag: 256,
+            affinity: 1024,
+        }
+    }
+
+    fn apply<'a>(&self, l: &mut EbpfLoader<'a>) {
+        l.map_max_entries(SERVICES_MAP, self.services)
+            .map_max_entries(BACKENDS_MAP, self.backends)
+            .map_max_entries(REVNAT_MAP, self.rev_nat)
+            .map_max_entries(MAGLEV_MAP, self.maglev)
+            .map_max_entries(CT_MAP, self.ct)
+            .map_max_entries(NAT_MAP, self.nat)
+            .map_max_entries(DSR_MAP, self.dsr)
+            .map_max_entries(FRAG_MAP, self.frag)
+            .map_max_entries(AFFINITY_MAP, self.affinity);
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
+}
+
+fn hash_entries<K: Pod + Ord, V: Pod>(
+    map: &Map,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>, BpfError> {
+    let m: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
+    let mut out = BTreeMap::new();
+    for kv in m.iter() {
+        let (k, v) = kv.map_err(map_err(name))?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn maglev_entries(map: &Map) -> Result<BTreeMap<u32, Vec<u32>>, BpfError> {
+    let outer: HashOfMaps<&MapData, u32, Array<MapData, u32>> =
+        HashOfMaps::try_from(map).map_err(map_err(MAGLEV_MAP))?;
+    let mut out = BTreeMap::new();
+    let keys: Vec<u32> = outer
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(MAGLEV_MAP))?;
+    for k in keys {
+        let inner = outer.get(&k, 0).map_err(map_err(MAGLEV_MAP))?;
+        let table = (0..inner.len())
+            .map(|i| inner.get(&i, 0))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(map_err(MAGLEV_MAP))?;
+        out.insert(k, table);
+    }
+    Ok(out)
+}
+
+fn read_entries_from(
+    get: impl Fn(&'static str) -> Result<Map, BpfError>,
+) -> Result<LbEntries, BpfError> {
+    Ok(LbEntries {
+        services: hash_entries::<Lb4Key, Lb4Service>(&get(SERVICES_MAP)?, SERVICES_MAP)?,
+        backends: hash_entries::<u32, Lb4Backend>(&get(BACKENDS_MAP)?, BACKENDS_MAP)?,
+        rev_nat: hash_entries::<u32, Lb4ReverseNat>(&get(REVNAT_MAP)?, REVNAT_MAP)?,
+        maglev: maglev_entries(&get(MAGLEV_MAP)?)?,
+    })
+}
+
+fn pinned_map(pin_dir: &Path, name: &'static str) -> Result<Map, BpfError> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// Reads the load-balancing entries pinned under `pin_dir` (for `cilia-dbg bpf lb list`).
+pub fn read_lb_entries(pin_dir: &Path) -> Result<LbEntries, BpfError> {
+    read_entries_from(|name| pinned_map(pin_dir, name))
+}
+
+/// Reads the verdict counters pinned under `pin_dir`, summed over CPUs, by [`LbCounter`] index.
+pub fn read_lb_counters(pin_dir: &Path) -> Result<Vec<u64>, BpfError> {
+    counters_of(&pinned_map(pin_dir, COUNTERS_MAP)?)
+}
+
+fn counters_of(map: &Map) -> Result<Vec<u64>, BpfError> {
+    let a: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(map_err(COUNTERS_MAP))?;
+    (0..c::LB_C_MAX)
+        .map(|i| {
+            a.get(&i, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .map_err(map_err(COUNTERS_MAP))
+        })
+        .collect()
+}
+
+/// The load-balancing programs of one node, loaded, with their maps pinned under `pin_dir`.
+pub struct LbDatapath {
+    xdp: Ebpf,
+    tc: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl LbDatapath {
+    /// Loads both objects. Maps already pinned under `pin_dir` are reused as they are (contents and
+    /// sizes), so a restart keeps every service and flow.
+    pub fn load(pin_dir: &Path, sizes: &LbMapSizes) -> Result<Self, BpfError> {
+        std::fs::create_dir_all(pin_dir.join(LINKS_DIR)).map_err(|source| BpfError::PinDir {
+            path: pin_dir.to_path_buf(),
+            source,
+        })?;
+        let load = |obj: &[u8]| {
+            let mut l = EbpfLoader::new();
+            l.default_map_pin_directory(pin_dir);
+            sizes.apply(&mut l);
+            l.load(obj)
+        };
+        let mut xdp = load(XDP_LB_OBJ)?;
+        let prog: &mut Xdp = xdp
+            .program_mut(XDP_LB_PROG)
+            .expect("program is in the object")
+            .try_into()
+            .map_err(|source| BpfError::Program {
+                name: XDP_LB_PROG,
+                source,
+            })?;
+        prog.load().map_err(|source| BpfError::Program {
+            name: XDP_LB_PROG,
+            source,
+        })?;
+        let mut tc = load(TC_LB_OBJ)?;
+        for name in TC_PROGS {
+            let prog: &mut SchedClassifier = tc
+                .program_mut(name)
+                .expect("program is in the object")
+                .try_into()
+                .map_err(|source| BpfError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| BpfError::Program { name, source })?;
+        }
+        Ok(LbDatapath {
+            xdp,
+            tc,
+            pin_dir: pin_dir.to_path_buf(),
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The fd of a loaded program ([`XDP_LB_PROG`] or one of the TC programs), for test runs.
+    pub fn prog_fd(&self, name: &str) -> Option<RawFd> {
+        let ebpf = if name == XDP_LB_PROG {
+            &self.xdp
+        } else {
+            &self.tc
+        };
+        let fd = ebpf.program(name)?.fd().ok()?;
+        Some(fd.as_fd().as_raw_fd())
+    }
+
+    /// The aya handle of a loaded program's fd (for program arrays, e.g. the benchmark's wrapper).
+    pub fn program_fd(&self, name: &str) -> Option<&aya::programs::ProgramFd> {
+        let ebpf = if name == XDP_LB_PROG {
+            &self.xdp
+        } else {
+            &self.tc
+        };
+        ebpf.program(name)?.fd().ok()
+    }
+
+    fn map(&self, name: &'static str) -> &Map {
+        self.xdp.map(name).expect("map is in the object")
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> &mut Map {
+        self.xdp.map_mut(name).expect("map is in the object")
+    }
+
+    /// Writes the node config (slot 0 of `cilia_lb_config`); until then every packet passes.
+    pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), BpfError> {
+        let mut a: Array<&mut MapData, LbConfig> =
+            Array::try_from(self.map_mut(CONFIG_MAP)).map_err(map_err(CONFIG_MAP))?;
+        a.set(0, cfg, 0).map_err(map_err(CONFIG_MAP))
+    }
+
+    pub fn config(&self) -> Result<LbConfig, BpfError> {
+        let a: Array<&MapData, LbConfig> =
+            Array::try_from(self.map(CONFIG_MAP)).map_err(map_err(CONFIG_MAP))?;
+        a.get(&0, 0).map_err(map_err(CONFIG_MAP))
+    }
+
+    /// What the service maps hold now: the `current` side of [`crate::lb::lb_diff`].
+    pub fn read_entries(&self) -> Result<LbEntries, BpfError> {
+        read_entries_from(|name| pinned_map(&self.pin_dir, name))
+    }
+
+    /// Writes a diff in the order documented on [`LbDiff`]. Maglev tables are built in a fresh inner
+    /// map and swapped in with one update, so a lookup sees the old table or the new one.
+    pub fn apply(&mut self, diff: &LbDiff, maglev: MaglevParams) -> Result<(), BpfError> {
+        {
+            let mut m: HashMap<&mut MapData, u32, Lb4Backend> =
+                HashMap::try_from(self.map_mut(BACKENDS_MAP)).map_err(map_err(BACKENDS_MAP))?;
+            for (k, v) in &diff.backends.upserts {
+                m.insert(k, v, 0).map_err(map_err(BACKENDS_MAP))?;
+            }
+        }
+        {
+            let mut m: HashMap<&mut MapData, u32, Lb4ReverseNat> =
+                HashMap::try_from(self.map_mut(REVNAT_MAP)).map_err(map_err(REVNAT_MAP))?;
+            for (k, v) in &diff.rev_nat.upserts {
+                m.insert(k, v, 0).map_err(map_err(REVNAT_MAP))?;
+            }
+        }
+        {
+            let mut outer: HashOfMaps<&mut MapData, u32, Array<MapData, u32>> =
+                HashOfMaps::try_from(self.map_mut(MAGLEV_MAP)).map_err(map_err(MAGLEV_MAP))?;
+            for (k, table) in &diff.maglev.upserts {
+                let mut inner = Array::<MapData, u32>::create(maglev.table_size, BPF_F_INNER_MAP)
+                    .map_err(map_err(MAGLEV_MAP))?;
+                for (i, id) in table.iter().enumerate() {
+                    inner.set(i as u32, id, 0).map_err(map_err(MAGLEV_MAP))?;
+                }
+                outer.insert(*k, &inner, 0).map_err(map_err(MAGLEV_MAP))?;
+            }
+        }
+        {
+            let mut m: HashMap<&mut MapData, Lb4Key, Lb4Service> =
+                HashMap::try_from(self.map_mut(SERVICES_MAP)).map_err(map_err(SERVICES_MAP))?;
+            for (k, v) in diff.service_upserts_ordered() {
+                m.insert(k, v, 0).map_err(map_err(SERVICES_MAP))?;
+            }
+            for k in diff.service_deletes_ordered() {
+                remove_present(m.remove(&k)).map_err(map_err(SERVICES_MAP))?;
+            }
+        }
+        {
+            let mut outer: HashOfMaps<&mut MapData, u32, Array<MapData, u32>> =
+                HashOfMaps::try_from(self.map_mut(MAGLEV_MAP)).map_err(map_err(MAGLEV_MAP))?;
+            for k in &diff.maglev.deletes {
+                remove_present(outer.remove(k)).map_err(map_err(MAGLEV_MAP))?;
+            }
+        }
+        {
+            let mut m: HashMap<&mut MapData, u32, Lb4ReverseNat> =
+                HashMap::try_from(self.map_mut(REVNAT_MAP)).map_err(map_err(REVNAT_MAP))?;
+            for k in &diff.rev_nat.deletes {
+                remove_present(m.remove(k)).map_err(map_err(REVNAT_MAP))?;
+            }
+        }
+        let mut m: HashMap<&mut MapData, u32, Lb4Backend> =
+            HashMap::try_from(self.map_mut(BACKENDS_MAP)).map_err(map_err(BACKENDS_MAP))?;
+        for k in &diff.backends.deletes {
+            remove_present(m.remove(k)).map_err(map_err(BACKENDS_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Verdict counters summed over CPUs, by [`LbCounter`] index.
+    pub fn counters(&self) -> Result<Vec<u64>, BpfError> {
+        counters_of(self.map(COUNTERS_MAP))
+    }
+
+    pub fn counter(&self, c: LbCounter) -> Result<u64, BpfError> {
+        Ok(self.counters()?[c as usize])
+    }
+
+    /// Conntrack entries (client flow → backend, SNAT port).
+    pub fn ct_entries(&self) -> Result<BTreeMap<Lb4Tuple, crate::lb_maps::Lb4CtEntry>, BpfError> {
+        hash_entries(self.map(CT_MAP), CT_MAP)
+    }
+
+    /// SNAT entries (reply tuple → client).
+    pub fn nat_entries(&self) -> Result<BTreeMap<Lb4Tuple, crate::lb_maps::Lb4NatEntry>, BpfError> {
+        hash_entries(self.map(NAT_MAP), NAT_MAP)
+    }
+
+    /// Reverse translations of a backend's node (reply tuple → frontend).
+    pub fn dsr_entries(&self) -> Result<BTreeMap<Lb4Tuple, crate::lb_maps::Lb4DsrEntry>, BpfError> {
+        hash_entries(self.map(DSR_MAP), DSR_MAP)
+    }
+
+    /// Claims a SNAT reply tuple (what a flow the agent restored, or a test, holds).
+    pub fn nat_insert(
+        &mut self,
+        reply: &Lb4Tuple,
+        v: &crate::lb_maps::Lb4NatEntry,
+    ) -> Result<(), BpfError> {
+        let mut m: HashMap<&mut MapData, Lb4Tuple, crate::lb_maps::Lb4NatEntry> =
+            HashMap::try_from(self.map_mut(NAT_MAP)).map_err(map_err(NAT_MAP))?;
+        m.insert(reply, v, 0).map_err(map_err(NAT_MAP))
+    }
+
+    /// Forgets every flow: conntrack, SNAT, DSR, fragment and affinity state.
+    pub fn flush_flows(&mut self) -> Result<(), BpfError> {
+        fn clear<K: Pod, V: Pod>(map: &mut Map, name: &'static str) -> Result<(), BpfError> {
+            let mut m: HashMap<&mut MapData, K, V> =
+                HashMap::try_from(map).map_err(map_err(name))?;
+            let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                remove_present(m.remove(&k)).map_err(map_err(name))?;
+            }
+            Ok(())
+        }
+        clear::<Lb4Tuple, crate::lb_maps::Lb4CtEntry>(self.map_mut(CT_MAP), CT_MAP)?;
+        clear::<Lb4Tuple, crate::lb_maps::Lb4NatEntry>(self.map_mut(NAT_MAP), NAT_MAP)?;
+        clear::<Lb4Tuple, crate::lb_maps::Lb4DsrEntry>(self.map_mut(DSR_MAP), DSR_MAP)?;
+        clear::<crate::lb_maps::Lb4FragKey, crate::lb_maps::Lb4FragPorts>(
+            self.map_mut(FRAG_MAP),
+            FRAG_MAP,
+        )?;
+        clear::<crate::lb_maps::Lb4AffinityKey, crate::lb_maps::Lb4AffinityEntry>(
+            self.map_mut(AFFINITY_MAP),
+            AFFINITY_MAP,
+        )
+    }
+
+    fn link_pin(&self, iface: &str, prog: &str) -> PathBuf {
+        self.pin_dir.join(LINKS_DIR).join(format!("{iface}_{prog}"))
+    }
+
+    /// Attaches the XDP load balancer to `iface` through a pinned link; a link pinned by an earlier
+    /// agent is updated in place (atomic program swap), so traffic never sees a gap.
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), BpfError> {
+        let pin = self.link_pin(iface, XDP_LB_PROG);
+        let link_err = |e: Box<dyn std::error::Error + Send + Sync>| BpfError::Link {
+            iface: iface.to_string(),
+            dir: "xdp",
+            source: e,
+        };
+        let prog: &mut Xdp = self
+            .xdp
+            .program_mut(XDP_LB_PROG)
+            .expect("program is in the object")
+            .try_into()
+            .map_err(|source| BpfError::Program {
+                name: XDP_LB_PROG,
+                source,
+            })?;
+        let reused = PinnedLink::from_pin(&pin)
+            .ok()
+            .and_then(|p| XdpLink::try_from(FdLink::from(p)).ok())
+            .and_then(|l| prog.attach_to_link(l).ok());
+        let id = match reused {
+            Some(id) => {
+                let _ = std::fs::remove_file(&pin);
+                id
+            }
+            None => {
+                let _ = std::fs::remove_file(&pin);
+                prog.attach(iface, mode)
+                    .map_err(|e| link_err(Box::new(e)))?
+            }
+        };
+        let link = prog.take_link(id).map_err(|e| link_err(Box::new(e)))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: LinkError| link_err(Box::new(e)))?;
+        fd.pin(&pin).map_err(|e| link_err(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Attaches one TC program (TCX, appended) to `iface` through a pinned link, replacing a link an
+    /// earlier agent pinned.
+    pub fn attach_tc(
+        &mut self,
+        iface: &str,
+        name: &'static str,
+        dir: TcAttachType,
+    ) -> Result<(), BpfError> {
+        let pin = self.link_pin(iface, name);
+        let dir_name = if dir == TcAttachType::Egress {
+            "egress"
+        } else {
+            "ingress"
+        };
+        let link_err = |e: Box<dyn std::error::Error + Send + Sync>| BpfError::Link {
+            iface: iface.to_string(),
+            dir: dir_name,
+            source: e,
+        };
+        let prog: &mut SchedClassifier = self
+            .tc
+            .program_mut(name)
+            .expect("program is in the object")
+            .try_into()
+            .map_err(|source| BpfError::Program { name, source })?;
+        let reused = PinnedLink::from_pin(&pin)
+            .ok()
+            .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).ok())
+            .and_then(|l| prog.attach_to_link(l).ok());
+        let _ = std::fs::remove_file(&pin);
+        let id = match reused {
+            Some(id) => id,
+            None => prog
+                .attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(|e| link_err(Box::new(e)))?,
+        };
+        let link = prog.take_link(id).map_err(|e| link_err(Box::new(e)))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: LinkError| link_err(Box::new(e)))?;
+        fd.pin(&pin).map_err(|e| link_err(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Unpins (and so detaches) every link of `iface`.
+    pub fn detach(&mut self, iface: &str) {
+        for p in std::iter::once(XDP_LB_PROG).chain(TC_PROGS) {
+            let _ = std::fs::remove_file(self.link_pin(iface, p));
+        }
+    }
+}
+
+/// A delete of a key that is already gone is what the diff wanted anyway.
+fn remove_present(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}

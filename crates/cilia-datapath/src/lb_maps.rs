@@ -1,0 +1,368 @@
+//! `#[repr(C)]` mirrors of the service load-balancing maps declared in `ebpf/lib/lb_maps.h`, checked
+//! against the C declarations at compile time. Addresses and ports are kept as the C side keeps them:
+//! network byte order in native integers, converted only at the edges ([`be32`], [`be16`]).
+
+use std::mem::{offset_of, size_of};
+use std::net::Ipv4Addr;
+
+use crate::maps::c;
+
+/// Network-order `__be32` of an address, as the datapath stores it.
+pub fn be32(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// The address behind a `__be32`.
+pub fn ip_of(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v.to_ne_bytes())
+}
+
+/// Network-order `__be16` of a port.
+pub fn be16(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// The port behind a `__be16`.
+pub fn port_of(v: u16) -> u16 {
+    u16::from_be(v)
+}
+
+/// A frontend slot: VIP:port/proto in a scope. Slot 0 is the service, slots 1..=count its backends.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4Key {
+    pub address: u32,
+    pub dport: u16,
+    pub backend_slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of a frontend slot: on slot 0 the service, on slot n the backend id of that slot.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4Service {
+    pub backend_id: u32,
+    pub rev_nat_index: u32,
+    pub count: u16,
+    pub mode: u8,
+    pub algorithm: u8,
+    pub flags: u16,
+    pub pad: u16,
+    pub affinity_timeout: u32,
+}
+
+/// A backend, by id.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4Backend {
+    pub address: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// The frontend a service's replies must come from, by rev_nat_index.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4ReverseNat {
+    pub address: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+
+/// A flow's 5-tuple as on the wire: key of the conntrack, SNAT and DSR maps.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4Tuple {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+impl Lb4Tuple {
+    pub fn new(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> Self {
+        Lb4Tuple {
+            saddr: be32(src.0),
+            daddr: be32(dst.0),
+            sport: be16(src.1),
+            dport: be16(dst.1),
+            proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// Conntrack of a client flow towards a frontend: its backend and SNAT port.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4CtEntry {
+    pub backend_id: u32,
+    pub rev_nat_index: u32,
+    pub fwd: u8,
+    pub pad: [u8; 3],
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub pad2: u16,
+}
+
+/// SNAT state keyed by the reply tuple: the client a reply belongs to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4NatEntry {
+    pub client_addr: u32,
+    pub client_port: u16,
+    pub pad: u16,
+    pub rev_nat_index: u32,
+}
+
+/// Reverse translation on a backend's node (DSR / node-local), keyed by the reply tuple.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4DsrEntry {
+    pub vip: u32,
+    pub vport: u16,
+    pub pad: u16,
+}
+
+/// Key of a fragmented datagram.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Ports of a fragmented datagram, from its first fragment.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Session affinity key: a client towards a service.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4AffinityKey {
+    pub client_addr: u32,
+    pub rev_nat_index: u32,
+}
+
+/// Session affinity value: the client's backend and when it was last used.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4AffinityEntry {
+    pub backend_id: u32,
+    pub pad: u32,
+    pub last_used_ns: u64,
+}
+
+/// Node facts the load balancer needs (slot 0 of `cilia_lb_config`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    pub node_addr: u32,
+    pub node_mac: [u8; 6],
+    /// Host order, inclusive.
+    pub snat_port_min: u16,
+    /// Host order, inclusive.
+    pub snat_port_max: u16,
+    pub pad: u16,
+    pub maglev_table_size: u32,
+    pub hash_seed: u32,
+}
+
+// SAFETY: plain-old-data, every bit pattern valid, explicit padding only (checked below).
+unsafe impl aya::Pod for Lb4Key {}
+unsafe impl aya::Pod for Lb4Service {}
+unsafe impl aya::Pod for Lb4Backend {}
+unsafe impl aya::Pod for Lb4ReverseNat {}
+unsafe impl aya::Pod for Lb4Tuple {}
+unsafe impl aya::Pod for Lb4CtEntry {}
+unsafe impl aya::Pod for Lb4NatEntry {}
+unsafe impl aya::Pod for Lb4DsrEntry {}
+unsafe impl aya::Pod for Lb4FragKey {}
+unsafe impl aya::Pod for Lb4FragPorts {}
+unsafe impl aya::Pod for Lb4AffinityKey {}
+unsafe impl aya::Pod for Lb4AffinityEntry {}
+unsafe impl aya::Pod for LbConfig {}
+
+macro_rules! assert_layout {
+    ($t:ty, $size:expr, $($f:ident = $off:expr),* $(,)?) => {
+        const _: () = {
+            assert!(size_of::<$t>() == $size);
+            $(assert!(offset_of!($t, $f) == $off);)*
+        };
+    };
+}
+
+assert_layout!(
+    Lb4Key,
+    c::SIZE_lb4_key,
+    address = c::OFF_lb4_key_address,
+    dport = c::OFF_lb4_key_dport,
+    backend_slot = c::OFF_lb4_key_backend_slot,
+    proto = c::OFF_lb4_key_proto,
+    scope = c::OFF_lb4_key_scope
+);
+assert_layout!(
+    Lb4Service,
+    c::SIZE_lb4_service,
+    backend_id = c::OFF_lb4_service_backend_id,
+    count = c::OFF_lb4_service_count,
+    rev_nat_index = c::OFF_lb4_service_rev_nat_index,
+    mode = c::OFF_lb4_service_mode,
+    algorithm = c::OFF_lb4_service_algorithm,
+    flags = c::OFF_lb4_service_flags,
+    affinity_timeout = c::OFF_lb4_service_affinity_timeout
+);
+assert_layout!(
+    Lb4Backend,
+    c::SIZE_lb4_backend,
+    address = c::OFF_lb4_backend_address,
+    port = c::OFF_lb4_backend_port,
+    proto = c::OFF_lb4_backend_proto,
+    flags = c::OFF_lb4_backend_flags
+);
+assert_layout!(
+    Lb4ReverseNat,
+    c::SIZE_lb4_reverse_nat,
+    address = c::OFF_lb4_reverse_nat_address,
+    port = c::OFF_lb4_reverse_nat_port
+);
+assert_layout!(
+    Lb4Tuple,
+    c::SIZE_lb4_tuple,
+    saddr = c::OFF_lb4_tuple_saddr,
+    daddr = c::OFF_lb4_tuple_daddr,
+    sport = c::OFF_lb4_tuple_sport,
+    dport = c::OFF_lb4_tuple_dport,
+    proto = c::OFF_lb4_tuple_proto
+);
+assert_layout!(
+    Lb4CtEntry,
+    c::SIZE_lb4_ct_entry,
+    backend_id = c::OFF_lb4_ct_entry_backend_id,
+    rev_nat_index = c::OFF_lb4_ct_entry_rev_nat_index,
+    fwd = c::OFF_lb4_ct_entry_fwd,
+    nat_addr = c::OFF_lb4_ct_entry_nat_addr,
+    nat_port = c::OFF_lb4_ct_entry_nat_port
+);
+assert_layout!(
+    Lb4NatEntry,
+    c::SIZE_lb4_nat_entry,
+    client_addr = c::OFF_lb4_nat_entry_client_addr,
+    client_port = c::OFF_lb4_nat_entry_client_port,
+    rev_nat_index = c::OFF_lb4_nat_entry_rev_nat_index
+);
+assert_layout!(
+    Lb4DsrEntry,
+    c::SIZE_lb4_dsr_entry,
+    vip = c::OFF_lb4_dsr_entry_vip,
+    vport = c::OFF_lb4_dsr_entry_vport
+);
+assert_layout!(
+    Lb4FragKey,
+    c::SIZE_lb4_frag_key,
+    saddr = c::OFF_lb4_frag_key_saddr,
+    daddr = c::OFF_lb4_frag_key_daddr,
+    id = c::OFF_lb4_frag_key_id,
+    proto = c::OFF_lb4_frag_key_proto
+);
+assert_layout!(
+    Lb4FragPorts,
+    c::SIZE_lb4_frag_ports,
+    sport = c::OFF_lb4_frag_ports_sport,
+    dport = c::OFF_lb4_frag_ports_dport
+);
+assert_layout!(
+    Lb4AffinityKey,
+    c::SIZE_lb4_affinity_key,
+    client_addr = c::OFF_lb4_affinity_key_client_addr,
+    rev_nat_index = c::OFF_lb4_affinity_key_rev_nat_index
+);
+assert_layout!(
+    Lb4AffinityEntry,
+    c::SIZE_lb4_affinity_entry,
+    backend_id = c::OFF_lb4_affinity_entry_backend_id,
+    last_used_ns = c::OFF_lb4_affinity_entry_last_used_ns
+);
+assert_layout!(
+    LbConfig,
+    c::SIZE_lb_config,
+    node_addr = c::OFF_lb_config_node_addr,
+    node_mac = c::OFF_lb_config_node_mac,
+    snat_port_min = c::OFF_lb_config_snat_port_min,
+    snat_port_max = c::OFF_lb_config_snat_port_max,
+    maglev_table_size = c::OFF_lb_config_maglev_table_size,
+    hash_seed = c::OFF_lb_config_hash_seed
+);
+
+/// Counter indexes of `cilia_lb_counters` (`enum lb_counter` in lb_maps.h), in order.
+pub const LB_COUNTER_NAMES: [&str; c::LB_C_MAX as usize] = [
+    "miss",
+    "fwd_snat",
+    "fwd_dsr",
+    "fwd_local",
+    "rev_snat",
+    "ct_hit",
+    "ct_stale",
+    "no_backend_drop",
+    "no_backend_reject",
+    "snat_port_retry",
+    "snat_port_exhausted",
+    "dsr_no_room",
+    "frag_first",
+    "frag_later_fwd",
+    "frag_later_unknown",
+    "icmp_err_flow",
+    "malformed",
+    "xmit_tx",
+    "xmit_stack",
+    "dsr_recorded",
+    "dsr_reversed",
+    "affinity_hit",
+    "stale_slot",
+    "fib_memo_hit",
+];
+
+/// One counter of `cilia_lb_counters`, by its C name without the `LB_C_` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LbCounter {
+    Miss = 0,
+    FwdSnat,
+    FwdDsr,
+    FwdLocal,
+    RevSnat,
+    CtHit,
+    CtStale,
+    NoBackendDrop,
+    NoBackendReject,
+    SnatPortRetry,
+    SnatPortExhausted,
+    DsrNoRoom,
+    FragFirst,
+    FragLaterFwd,
+    FragLaterUnknown,
+    IcmpErrFlow,
+    Malformed,
+    XmitTx,
+    XmitStack,
+    DsrRecorded,
+    DsrReversed,
+    AffinityHit,
+    StaleSlot,
+    FibMemoHit,
+}
+
+const _: () = assert!(LbCounter::FibMemoHit as u32 + 1 == c::LB_C_MAX);
+const _: () = assert!(c::LB_C_MAX <= c::CILIA_LB_COUNTERS_MAX);

@@ -1,0 +1,606 @@
+//! The load balancer fed real frames through BPF_PROG_TEST_RUN, XDP and TC side by side, with maps
+//! seeded the way the agent will (builder → diff → pinned maps), inside a private network namespace
+//! so the FIB lookups see a node's routes and neighbours.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use cilia_datapath::lb::{
+    Backend, LbAlgorithm, ServiceSpec, assign_backend_ids, desired_entries, flow_hash,
+    format_lb_list, lb_diff, slot_for, snat_port_candidate,
+};
+use cilia_datapath::lb_bpf::{
+    LbDatapath, LbMapSizes, TC_DSR_EGRESS_PROG, TC_DSR_INGRESS_PROG, TC_LB_INGRESS_PROG,
+    XDP_LB_PROG, read_lb_entries,
+};
+use cilia_datapath::lb_fixtures::*;
+use cilia_datapath::lb_maps::{Lb4NatEntry, Lb4Tuple, LbCounter, be16, be32, ip_of};
+
+/// Skips (with the reason) where the kernel or privileges cannot load programs.
+fn can_load_bpf() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: loading eBPF programs needs root (CAP_BPF + CAP_NET_ADMIN)");
+        return false;
+    }
+    cilia_datapath::bpf::ensure_bpffs().expect("bpffs");
+    true
+}
+
+/// A pin directory of its own, removed with everything pinned below it.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = PathBuf::from(format!(
+            "/sys/fs/bpf/cilia/test-lb-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        PinDir(p)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Loads both objects under `pin`, writes the node config and `services` through the diff.
+fn seeded(pin: &Path, services: &[ServiceSpec]) -> LbDatapath {
+    let mut dp = LbDatapath::load(pin, &LbMapSizes::small()).unwrap();
+    dp.set_config(&node_config()).unwrap();
+    apply(&mut dp, services);
+    dp
+}
+
+fn apply(dp: &mut LbDatapath, services: &[ServiceSpec]) {
+    let cur = dp.read_entries().unwrap();
+    let current_ids = cur
+        .backends
+        .iter()
+        .map(|(id, b)| {
+            (
+                cilia_datapath::lb::BackendKey {
+                    addr: ip_of(b.address),
+                    port: u16::from_be(b.port),
+                    proto: cilia_datapath::lb::Proto::from_number(b.proto).unwrap(),
+                },
+                *id,
+            )
+        })
+        .collect();
+    let ids = assign_backend_ids(services, &current_ids);
+    let want = desired_entries(services, &ids, MAGLEV).unwrap();
+    dp.apply(&lb_diff(&want, &cur), MAGLEV).unwrap();
+    assert_eq!(
+        dp.read_entries().unwrap(),
+        want,
+        "maps hold what was written"
+    );
+}
+
+fn prog(dp: &LbDatapath, hook: Hook) -> i32 {
+    dp.prog_fd(match hook {
+        Hook::Xdp => XDP_LB_PROG,
+        Hook::Tc => TC_LB_INGRESS_PROG,
+    })
+    .unwrap()
+}
+
+// Every table row, through XDP and through TC on fresh maps: the verdict, every rewritten header
+// field and both checksums (recomputed from scratch) are as expected, the row's counters grew, and
+// both hooks produce the same verdict and the same bytes.
+#[test]
+fn table_rows_on_xdp_and_tc() {
+    if !can_load_bpf() {
+        return;
+    }
+    let failures = in_test_net(|net| {
+        let mut failures = Vec::new();
+        for case in lb_cases() {
+            let mut outs = Vec::new();
+            for hook in [Hook::Xdp, Hook::Tc] {
+                let pin = PinDir::new(case.name);
+                let dp = seeded(&pin.0, &world());
+                let fd = prog(&dp, hook);
+                for f in &case.before {
+                    run_frame(fd, hook, net.lb0, f).unwrap();
+                }
+                let before = dp.counters().unwrap();
+                let (verdict, out) = run_frame(fd, hook, net.lb0, &case.frame).unwrap();
+                let after = dp.counters().unwrap();
+                for e in check(&case, verdict, &out) {
+                    failures.push(format!("{} [{hook:?}] {e}", case.name));
+                }
+                for c in &case.expect.counters {
+                    if after[*c as usize] <= before[*c as usize] {
+                        failures.push(format!(
+                            "{} [{hook:?}] counter {c:?}: got {} expected more than {}",
+                            case.name, after[*c as usize], before[*c as usize]
+                        ));
+                    }
+                }
+                outs.push((verdict, out));
+            }
+            if outs[0] != outs[1] {
+                failures.push(format!(
+                    "{}: XDP and TC differ: XDP {:?} {} / TC {:?} {}",
+                    case.name,
+                    outs[0].0,
+                    hex(&outs[0].1),
+                    outs[1].0,
+                    hex(&outs[1].1)
+                ));
+            }
+        }
+        failures
+    })
+    .unwrap();
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+// A new flow takes the hashed SNAT port candidates in order, skipping those another flow holds
+// (each skip counted); with every candidate taken the packet is dropped and counted.
+#[test]
+fn snat_port_allocation_survives_collisions() {
+    if !can_load_bpf() {
+        return;
+    }
+    in_test_net(|net| {
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let pin = PinDir::new("snat-port");
+            let mut dp = seeded(&pin.0, &world());
+            let client = (CLIENT, CLIENT_PORT);
+            let h = flow_hash(&Lb4Tuple::new(client, (VIP_SNAT, 80), PROTO_TCP), HASH_SEED);
+            let cand: Vec<u16> = (0..16)
+                .map(|i| snat_port_candidate(h, i, SNAT_PORT_MIN, SNAT_PORT_MAX))
+                .collect();
+            // Another flow holds the first two candidates.
+            for p in &cand[..2] {
+                let reply = Lb4Tuple::new((BE_SNAT, BE_PORT), (NODE_IP, *p), PROTO_TCP);
+                dp.nat_insert(
+                    &reply,
+                    &Lb4NatEntry {
+                        client_addr: be32(Ipv4Addr::new(198, 51, 100, 1)),
+                        client_port: be16(1),
+                        pad: 0,
+                        rev_nat_index: 1,
+                    },
+                )
+                .unwrap();
+            }
+            let want = *cand.iter().find(|p| !cand[..2].contains(p)).unwrap();
+            let tries = cand.iter().position(|p| *p == want).unwrap() as u64;
+            let frame = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_SYN).build();
+            let (v, out) = run_frame(prog(&dp, hook), hook, net.lb0, &frame).unwrap();
+            let p = parse(&out).unwrap();
+            assert_eq!(v, Verdict::Tx, "{hook:?} verdict");
+            assert_eq!(
+                (p.src, p.sport),
+                (NODE_IP, want),
+                "{hook:?}: port got/expected"
+            );
+            assert_eq!(
+                dp.counter(LbCounter::SnatPortRetry).unwrap(),
+                tries,
+                "{hook:?} retries"
+            );
+            verify_checksums(&out, &[]).unwrap();
+
+            // One port in the range, already taken: nothing left for a new flow.
+            let mut cfg = node_config();
+            cfg.snat_port_min = 40000;
+            cfg.snat_port_max = 40000;
+            dp.set_config(&cfg).unwrap();
+            let other = (CLIENT, CLIENT_PORT + 1);
+            dp.nat_insert(
+                &Lb4Tuple::new((BE_SNAT, BE_PORT), (NODE_IP, 40000), PROTO_TCP),
+                &Lb4NatEntry::default(),
+            )
+            .unwrap();
+            let frame = FrameSpec::tcp(other, (VIP_SNAT, 80), TCP_SYN).build();
+            let (v, out) = run_frame(prog(&dp, hook), hook, net.lb0, &frame).unwrap();
+            assert_eq!(
+                v,
+                Verdict::Drop,
+                "{hook:?}: exhausted range got {v:?} expected Drop"
+            );
+            assert_eq!(out, frame);
+            assert_eq!(dp.counter(LbCounter::SnatPortExhausted).unwrap(), 1);
+        }
+    })
+    .unwrap();
+}
+
+fn backend(addr: Ipv4Addr) -> Backend {
+    Backend {
+        addr,
+        port: 80,
+        local: false,
+        host_network: false,
+    }
+}
+
+fn with_backends(id: u32, backends: Vec<Backend>, alg: LbAlgorithm) -> Vec<ServiceSpec> {
+    world()
+        .into_iter()
+        .map(|mut s| {
+            if s.id == id {
+                s.backends = backends.clone();
+                s.algorithm = alg;
+            }
+            s
+        })
+        .collect()
+}
+
+fn sorted(mut v: Vec<Ipv4Addr>) -> Vec<Ipv4Addr> {
+    v.sort();
+    v
+}
+
+// An established flow keeps its backend when the service's backend set changes (its slot would
+// now hash elsewhere); only after its conntrack entry is gone does it follow the new set.
+#[test]
+fn conntrack_keeps_the_backend_of_an_established_flow() {
+    if !can_load_bpf() {
+        return;
+    }
+    in_test_net(|net| {
+        let a = Ipv4Addr::new(10, 244, 1, 30);
+        let more: Vec<Ipv4Addr> = (31..36).map(|i| Ipv4Addr::new(10, 244, 1, i)).collect();
+        let old_set = vec![a, Ipv4Addr::new(10, 244, 1, 40)];
+        let mut new_set = old_set.clone();
+        new_set.extend(&more);
+        let new_set = sorted(new_set);
+        let old_set = sorted(old_set);
+        // A client port whose flow goes to `a` now and to another backend under the new set.
+        let pick = |set: &[Ipv4Addr], port: u16| {
+            let t = Lb4Tuple::new((CLIENT, port), (VIP_SNAT, 80), PROTO_TCP);
+            set[usize::from(slot_for(flow_hash(&t, HASH_SEED), set.len() as u16)) - 1]
+        };
+        let port = (1024..u16::MAX)
+            .find(|p| pick(&old_set, *p) == a && pick(&new_set, *p) != a)
+            .unwrap();
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let pin = PinDir::new("ct");
+            let old: Vec<Backend> = old_set.iter().map(|x| backend(*x)).collect();
+            let mut dp = seeded(&pin.0, &with_backends(1, old, LbAlgorithm::Random));
+            let syn = FrameSpec::tcp((CLIENT, port), (VIP_SNAT, 80), TCP_SYN).build();
+            let ack = FrameSpec::tcp((CLIENT, port), (VIP_SNAT, 80), TCP_ACK).build();
+            let fd = prog(&dp, hook);
+            let (_, out) = run_frame(fd, hook, net.lb0, &syn).unwrap();
+            assert_eq!(parse(&out).unwrap().dst, a, "{hook:?}: first packet");
+
+            let new: Vec<Backend> = new_set.iter().map(|x| backend(*x)).collect();
+            apply(&mut dp, &with_backends(1, new, LbAlgorithm::Random));
+            let (v, out) = run_frame(fd, hook, net.lb0, &ack).unwrap();
+            assert_eq!(v, Verdict::Tx);
+            assert_eq!(
+                parse(&out).unwrap().dst,
+                a,
+                "{hook:?}: established flow after the set changed"
+            );
+            assert!(dp.counter(LbCounter::CtHit).unwrap() >= 1);
+
+            dp.flush_flows().unwrap();
+            let (_, out) = run_frame(fd, hook, net.lb0, &syn).unwrap();
+            let want = pick(&new_set, port);
+            assert_eq!(
+                parse(&out).unwrap().dst,
+                want,
+                "{hook:?}: without conntrack the flow follows the new set"
+            );
+        }
+    })
+    .unwrap();
+}
+
+// Maglev in the datapath: every flow lands where the Rust table says; after one backend is removed
+// (and conntrack forgotten), exactly the flows of that backend move, all others stay.
+#[test]
+fn maglev_removal_moves_only_the_removed_backends_flows() {
+    if !can_load_bpf() {
+        return;
+    }
+    in_test_net(|net| {
+        let all: Vec<Backend> = maglev_backends();
+        let gone = all[2].addr;
+        let rest: Vec<Backend> = all.iter().filter(|b| b.addr != gone).copied().collect();
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let pin = PinDir::new("maglev");
+            let mut dp = seeded(&pin.0, &with_backends(10, all.clone(), LbAlgorithm::Maglev));
+            let fd = prog(&dp, hook);
+            let entries = dp.read_entries().unwrap();
+            let table = &entries.maglev[&10];
+            let flows: Vec<u16> = (20000..20300).collect();
+            let route = |dp: &mut LbDatapath| -> Vec<Ipv4Addr> {
+                dp.flush_flows().unwrap();
+                flows
+                    .iter()
+                    .map(|p| {
+                        let f = FrameSpec::tcp((CLIENT, *p), (VIP_MAGLEV, 80), TCP_SYN).build();
+                        let (v, out) = run_frame(fd, hook, net.lb0, &f).unwrap();
+                        assert_eq!(v, Verdict::Tx);
+                        parse(&out).unwrap().dst
+                    })
+                    .collect()
+            };
+            let before = route(&mut dp);
+            for (p, got) in flows.iter().zip(&before) {
+                let t = Lb4Tuple::new((CLIENT, *p), (VIP_MAGLEV, 80), PROTO_TCP);
+                let id = table[(flow_hash(&t, HASH_SEED) % MAGLEV.table_size) as usize];
+                let want = ip_of(entries.backends[&id].address);
+                assert_eq!(
+                    *got, want,
+                    "{hook:?}: flow from port {p}: got {got} expected {want}"
+                );
+            }
+            assert!(
+                before.contains(&gone),
+                "some flows use the backend to remove"
+            );
+            apply(
+                &mut dp,
+                &with_backends(10, rest.clone(), LbAlgorithm::Maglev),
+            );
+            let after = route(&mut dp);
+            for ((p, b), a) in flows.iter().zip(&before).zip(&after) {
+                if *b == gone {
+                    assert_ne!(a, b, "{hook:?}: port {p} still on the removed backend");
+                } else {
+                    assert_eq!(a, b, "{hook:?}: port {p} moved from {b} to {a}");
+                }
+            }
+        }
+    })
+    .unwrap();
+}
+
+// ClientIP affinity: new flows of one client follow its first flow's backend.
+#[test]
+fn session_affinity_keeps_a_client_on_one_backend() {
+    if !can_load_bpf() {
+        return;
+    }
+    in_test_net(|net| {
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let pin = PinDir::new("affinity");
+            let dp = seeded(&pin.0, &world());
+            let fd = prog(&dp, hook);
+            let dsts: Vec<Ipv4Addr> = (0..20)
+                .map(|i| {
+                    let f =
+                        FrameSpec::tcp((CLIENT, 30000 + i), (VIP_AFFINITY, 80), TCP_SYN).build();
+                    parse(&run_frame(fd, hook, net.lb0, &f).unwrap().1)
+                        .unwrap()
+                        .dst
+                })
+                .collect();
+            assert!(dsts.iter().all(|d| *d == dsts[0]), "{hook:?}: {dsts:?}");
+            assert_eq!(dp.counter(LbCounter::AffinityHit).unwrap(), 19);
+            // Without affinity the same flows spread (the maglev service has the same backends).
+            let spread: Vec<Ipv4Addr> = (0..20)
+                .map(|i| {
+                    let f = FrameSpec::tcp((CLIENT, 30000 + i), (VIP_MAGLEV, 80), TCP_SYN).build();
+                    parse(&run_frame(fd, hook, net.lb0, &f).unwrap().1)
+                        .unwrap()
+                        .dst
+                })
+                .collect();
+            assert!(spread.iter().any(|d| *d != spread[0]));
+        }
+    })
+    .unwrap();
+}
+
+// DSR end to end across two nodes: the backend's node reads the option on ingress, and the
+// backend's reply leaves its node with VIP:port as source (checksums valid). A node-local backend's
+// reply is rewritten by the same egress hook.
+#[test]
+fn dsr_backend_side_replies_as_the_vip() {
+    if !can_load_bpf() {
+        return;
+    }
+    in_test_net(|net| {
+        let lb_pin = PinDir::new("dsr-lb");
+        let lb = seeded(&lb_pin.0, &world());
+        let client = (CLIENT, CLIENT_PORT);
+        let syn = FrameSpec::tcp(client, (VIP_DSR, 80), TCP_SYN).build();
+        let (v, to_backend) = run_frame(prog(&lb, Hook::Xdp), Hook::Xdp, net.lb0, &syn).unwrap();
+        assert_eq!(v, Verdict::Tx);
+
+        let be_pin = PinDir::new("dsr-be");
+        let be = LbDatapath::load(&be_pin.0, &LbMapSizes::small()).unwrap();
+        let ing = be.prog_fd(TC_DSR_INGRESS_PROG).unwrap();
+        let egr = be.prog_fd(TC_DSR_EGRESS_PROG).unwrap();
+        let (v, out) = run_frame(ing, Hook::Tc, net.lb0, &to_backend).unwrap();
+        assert_eq!(v, Verdict::Pass, "ingress only records");
+        assert_eq!(out, to_backend, "ingress leaves the packet as it is");
+        let dsr = be.dsr_entries().unwrap();
+        let key = Lb4Tuple::new((BE_DSR, BE_PORT), client, PROTO_TCP);
+        let e = dsr.get(&key).expect("reply translation recorded");
+        assert_eq!((ip_of(e.vip), u16::from_be(e.vport)), (VIP_DSR, 80));
+
+        let reply = FrameSpec::tcp((BE_DSR, BE_PORT), client, TCP_SYN | TCP_ACK).build();
+        let (v, out) = run_frame(egr, Hook::Tc, net.lb0, &reply).unwrap();
+        assert_eq!(v, Verdict::Pass);
+        let p = parse(&out).unwrap();
+        assert_eq!((p.src, p.sport), (VIP_DSR, 80), "reply source got/expected");
+        assert_eq!((p.dst, p.dport), client);
+        verify_checksums(&out, &[]).unwrap();
+        assert_eq!(be.counter(LbCounter::DsrReversed).unwrap(), 1);
+
+        // A reply to a flow nobody recorded leaves untouched.
+        let stranger = FrameSpec::tcp((BE_DSR, BE_PORT), (CLIENT, 1), TCP_ACK).build();
+        assert_eq!(
+            run_frame(egr, Hook::Tc, net.lb0, &stranger).unwrap().1,
+            stranger
+        );
+
+        // Node-local backend: the LB node itself rewrites the pod's reply on egress.
+        let syn = FrameSpec::tcp(client, (VIP_LOCAL, 80), TCP_SYN).build();
+        run_frame(prog(&lb, Hook::Tc), Hook::Tc, net.lb0, &syn).unwrap();
+        let reply = FrameSpec::tcp((BE_LOCAL, 80), client, TCP_SYN | TCP_ACK).build();
+        let lb_egr = lb.prog_fd(TC_DSR_EGRESS_PROG).unwrap();
+        let out = run_frame(lb_egr, Hook::Tc, net.lb0, &reply).unwrap().1;
+        let p = parse(&out).unwrap();
+        assert_eq!((p.src, p.sport), (VIP_LOCAL, 80));
+        verify_checksums(&out, &[]).unwrap();
+    })
+    .unwrap();
+}
+
+// A second loader (an agent restart) finds every entry in the pinned maps: the diff against the
+// same services is empty, so a resync writes nothing; the pins can be listed in Cilium's shape.
+#[test]
+fn pinned_maps_survive_a_reload_with_zero_churn() {
+    if !can_load_bpf() {
+        return;
+    }
+    let pin = PinDir::new("reload");
+    let services = world();
+    let first = seeded(&pin.0, &services);
+    let written = first.read_entries().unwrap();
+    drop(first);
+    let again = LbDatapath::load(&pin.0, &LbMapSizes::small()).unwrap();
+    let cur = again.read_entries().unwrap();
+    assert_eq!(cur, written);
+    let ids = assign_backend_ids(
+        &services,
+        &cur.backends
+            .iter()
+            .map(|(id, b)| {
+                (
+                    cilia_datapath::lb::BackendKey {
+                        addr: ip_of(b.address),
+                        port: u16::from_be(b.port),
+                        proto: cilia_datapath::lb::Proto::from_number(b.proto).unwrap(),
+                    },
+                    *id,
+                )
+            })
+            .collect::<BTreeMap<_, _>>(),
+    );
+    let want = desired_entries(&services, &ids, MAGLEV).unwrap();
+    assert!(lb_diff(&want, &cur).is_empty(), "a resync writes nothing");
+    assert_eq!(again.config().unwrap(), node_config());
+    let listed = read_lb_entries(&pin.0).unwrap();
+    assert_eq!(listed, cur);
+    let text = format_lb_list(&listed);
+    assert!(text.contains("203.0.113.11:80/TCP (0)"), "{text}");
+    assert!(text.contains("10.244.1.6:8080/TCP (2) (1)"), "{text}");
+}
+
+// The programs attach to a device through pinned links, and a restarted agent takes the links over.
+#[test]
+fn attaches_with_pinned_links() {
+    if !can_load_bpf() {
+        return;
+    }
+    in_test_net(|_net| {
+        let pin = PinDir::new("attach");
+        for _restart in 0..2 {
+            let mut dp = LbDatapath::load(&pin.0, &LbMapSizes::small()).unwrap();
+            dp.attach_xdp("lb0", aya::programs::XdpMode::Skb).unwrap();
+            dp.attach_tc(
+                "lb0",
+                TC_LB_INGRESS_PROG,
+                aya::programs::TcAttachType::Ingress,
+            )
+            .unwrap();
+            dp.attach_tc(
+                "lb0",
+                TC_DSR_EGRESS_PROG,
+                aya::programs::TcAttachType::Egress,
+            )
+            .unwrap();
+        }
+        let links: Vec<String> = std::fs::read_dir(pin.0.join("links"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(links.len(), 3, "{links:?}");
+        let mut dp = LbDatapath::load(&pin.0, &LbMapSizes::small()).unwrap();
+        dp.detach("lb0");
+        assert_eq!(std::fs::read_dir(pin.0.join("links")).unwrap().count(), 0);
+    })
+    .unwrap();
+}
+
+/// Keeps the calling thread on CPU 0, so per-CPU state is seen by every run.
+fn pin_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+// Next hops are memoised per CPU for a short time: back-to-back packets skip the FIB lookup, and a
+// neighbour change reaches the packets within the memo's lifetime.
+#[test]
+fn fib_memo_follows_a_neighbour_change() {
+    if !can_load_bpf() {
+        return;
+    }
+    in_test_net(|net| {
+        pin_cpu0();
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let pin = PinDir::new("fib-memo");
+            let dp = seeded(&pin.0, &world());
+            let fd = prog(&dp, hook);
+            let f = FrameSpec::tcp((CLIENT, CLIENT_PORT), (VIP_SNAT, 80), TCP_ACK).build();
+            let (_, out) = run_frame(fd, hook, net.lb0, &f).unwrap();
+            assert_eq!(parse(&out).unwrap().dst_mac, PEER_NODE_MAC);
+            let (_, out) = run_frame(fd, hook, net.lb0, &f).unwrap();
+            assert_eq!(parse(&out).unwrap().dst_mac, PEER_NODE_MAC);
+            assert_eq!(
+                dp.counter(LbCounter::FibMemoHit).unwrap(),
+                1,
+                "{hook:?}: second packet"
+            );
+            let moved = [0x02, 0, 0, 0, 0, 0x33];
+            let status = std::process::Command::new("ip")
+                .args([
+                    "neigh",
+                    "replace",
+                    &PEER_NODE_IP.to_string(),
+                    "lladdr",
+                    "02:00:00:00:00:33",
+                ])
+                .args(["dev", "lb0", "nud", "permanent"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let (v, out) = run_frame(fd, hook, net.lb0, &f).unwrap();
+            assert_eq!(v, Verdict::Tx);
+            assert_eq!(
+                parse(&out).unwrap().dst_mac,
+                moved,
+                "{hook:?}: after the memo expired"
+            );
+            let status = std::process::Command::new("ip")
+                .args([
+                    "neigh",
+                    "replace",
+                    &PEER_NODE_IP.to_string(),
+                    "lladdr",
+                    "02:00:00:00:00:03",
+                ])
+                .args(["dev", "lb0", "nud", "permanent"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    })
+    .unwrap();
+}

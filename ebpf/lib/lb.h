@@ -1,0 +1,605 @@
+/* Service load balancing for IPv4 on node devices: frontend lookup, backend choice (random or maglev,
+ * kept by conntrack), SNAT / DSR / node-local translation, replies of SNATed flows, fragments and ICMP
+ * errors. Shared by xdp_lb.c and tc_lb.c through the ctx_*.h operations, so both programs take the same
+ * decision and make the same rewrite for the same packet. Include a ctx_*.h first. */
+#ifndef CILIA_LB_H
+#define CILIA_LB_H
+
+#include "lb_maps.h"
+#include "parse.h"
+
+/* Candidate SNAT ports tried for a new flow before it is dropped as "no port". */
+#define LB_SNAT_PORT_RETRIES 16
+/* Odd constant spreading the hash of successive SNAT port candidates. */
+#define LB_HASH_GOLDEN 0x9e3779b9u
+#define LB_NSEC_PER_SEC 1000000000ull
+/* IPv4 header length limit, in 4-byte words. */
+#define IPV4_IHL_MAX 15
+
+#define LB_SRC 1
+#define LB_DST 0
+
+/* ICMP error types whose payload quotes the packet that caused them. */
+#define ICMP_T_DEST_UNREACH 3
+#define ICMP_C_PORT_UNREACH 3
+/* What an ICMP error quotes of the offending packet here: its 20-byte header and 8 bytes after. */
+#define LB_REJECT_QUOTE 28
+#define LB_REJECT_TTL 64
+#define ICMP_T_TIME_EXCEEDED 11
+#define ICMP_T_PARAMETERPROB 12
+
+/* murmur3's finaliser: every input bit flips about half the output bits. */
+static __always_inline __u32 lb_mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Per-flow hash over the 5-tuple (fields as loaded, network order). Mirrored by
+ * `cilia_datapath::lb::flow_hash` so tests and the agent can predict the datapath's choices. */
+static __always_inline __u32 lb4_flow_hash(const struct pkt4 *p, __u32 seed)
+{
+	__u32 h = lb_mix32(seed ^ p->saddr);
+
+	h = lb_mix32(h ^ p->daddr);
+	h = lb_mix32(h ^ (((__u32)p->sport << 16) | p->dport));
+	return lb_mix32(h ^ p->proto);
+}
+
+static __always_inline void lb4_tuple_of(const struct pkt4 *p, struct lb4_tuple *t)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	t->saddr = p->saddr;
+	t->daddr = p->daddr;
+	t->sport = p->sport;
+	t->dport = p->dport;
+	t->proto = p->proto;
+}
+
+static __always_inline __u32 lb4_l4_csum_flags(const struct pkt4 *p, __u32 size)
+{
+	return size | (p->proto == IPPROTO_UDP ? CTX_CSUM_UDP : 0);
+}
+
+/* Rewrites the source or destination address, with the IPv4 and (pseudo-header) L4 checksums. */
+static __always_inline int lb4_set_addr(lb_ctx *ctx, struct pkt4 *p, int src, __be32 addr)
+{
+	__be32 old = src ? p->saddr : p->daddr;
+	__u32 off = p->l3_off + (src ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
+
+	if (old == addr)
+		return 0;
+	if (ctx_store4(ctx, off, addr))
+		return -1;
+	if (ctx_l3_csum_replace(ctx, p->l3_off + offsetof(struct iphdr, check), old, addr, 4))
+		return -1;
+	/* Later fragments carry no L4 header; the first fragment's checksum covers the whole datagram. */
+	if (p->has_l4 && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) &&
+	    ctx_l4_csum_replace(ctx, pkt4_l4_csum_off(p), old, addr,
+				lb4_l4_csum_flags(p, 4) | CTX_CSUM_PSEUDO))
+		return -1;
+	if (src)
+		p->saddr = addr;
+	else
+		p->daddr = addr;
+	return 0;
+}
+
+/* Rewrites the source or destination port, with the L4 checksum. */
+static __always_inline int lb4_set_port(lb_ctx *ctx, struct pkt4 *p, int src, __be16 port)
+{
+	__be16 old = src ? p->sport : p->dport;
+
+	if (old == port)
+		return 0;
+	if (p->has_l4) {
+		if (ctx_store2(ctx, p->l4_off + (src ? 0 : 2), port))
+			return -1;
+		if (ctx_l4_csum_replace(ctx, pkt4_l4_csum_off(p), old, port, lb4_l4_csum_flags(p, 2)))
+			return -1;
+	}
+	if (src)
+		p->sport = port;
+	else
+		p->dport = port;
+	return 0;
+}
+
+/* Inserts the DSR option (VIP:port for the backend's node) right after the fixed IPv4 header. */
+static __always_inline int lb4_push_dsr_opt(lb_ctx *ctx, struct pkt4 *p, __be32 vip, __be16 vport)
+{
+	__u32 csum_off = p->l3_off + offsetof(struct iphdr, check);
+	__u32 opt_off = p->l3_off + sizeof(struct iphdr);
+	__be16 old_len = p->tot_len;
+	__be16 new_len = bpf_htons(bpf_ntohs(old_len) + LB_DSR_OPT_LEN);
+	__u8 old_vihl = 0x40 | p->ihl;
+	__u8 new_vihl = 0x40 | (p->ihl + LB_DSR_OPT_LEN / 4);
+	__be16 opt_head = bpf_htons((LB_DSR_OPT_TYPE << 8) | LB_DSR_OPT_LEN);
+	__u8 tos = 0;
+	void *data = ctx_data(ctx);
+	struct iphdr *ip = data + ETH_HLEN;
+
+	if (p->ihl + LB_DSR_OPT_LEN / 4 > IPV4_IHL_MAX)
+		return -1;
+	if ((void *)(ip + 1) > ctx_data_end(ctx))
+		return -1;
+	tos = ip->tos;
+	if (ctx_insert_after_iph(ctx, LB_DSR_OPT_LEN))
+		return -1;
+	/* Version/IHL and TOS share the header's first checksum word. */
+	if (ctx_store1(ctx, p->l3_off, new_vihl) ||
+	    ctx_l3_csum_replace(ctx, csum_off, bpf_htons((old_vihl << 8) | tos),
+				bpf_htons((new_vihl << 8) | tos), 2) ||
+	    ctx_store2(ctx, p->l3_off + offsetof(struct iphdr, tot_len), new_len) ||
+	    ctx_l3_csum_replace(ctx, csum_off, old_len, new_len, 2))
+		return -1;
+	/* The option's words were zero in the sum; adding them is a replace from zero. */
+	if (ctx_store2(ctx, opt_off, opt_head) || ctx_store2(ctx, opt_off + 2, vport) ||
+	    ctx_store4(ctx, opt_off + 4, vip) || ctx_l3_csum_replace(ctx, csum_off, 0, opt_head, 2) ||
+	    ctx_l3_csum_replace(ctx, csum_off, 0, vport, 2) ||
+	    ctx_l3_csum_replace(ctx, csum_off, 0, vip, 4))
+		return -1;
+	p->ihl += LB_DSR_OPT_LEN / 4;
+	p->l4_off += LB_DSR_OPT_LEN;
+	p->tot_len = new_len;
+	return 0;
+}
+
+/* How long a memoised FIB answer is used: a route or neighbour change is seen within this time. */
+#define LB_FIB_MEMO_TTL_NS (100ull * 1000 * 1000)
+
+static __always_inline int lb4_tx(lb_ctx *ctx, const __u8 *dmac, const __u8 *smac)
+{
+	if (ctx_store_macs(ctx, dmac, smac)) {
+		lb_count(LB_C_XMIT_STACK);
+		return CTX_PASS;
+	}
+	lb_count(LB_C_XMIT_TX);
+	return ctx_tx(ctx);
+}
+
+/* Sends a translated packet on: straight back out of its device when the FIB says the next hop is
+ * there (neighbour known), otherwise to the stack, which resolves neighbours, routes to other devices
+ * (XDP could only redirect to devices that run XDP themselves), fragments and runs netfilter.
+ * Answers that name a device are memoised per CPU for LB_FIB_MEMO_TTL_NS; missing routes or
+ * neighbours are not, so the stack's resolution is picked up at once. */
+static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 ifindex = ctx_ifindex(ctx);
+	__u16 len = bpf_ntohs(p->tot_len);
+	__u32 slot = lb_mix32(p->daddr ^ ifindex) & (CILIA_LB_FIB_MEMO_SLOTS - 1);
+	struct lb_fib_memo *m = bpf_map_lookup_elem(&cilia_lb_fib_memo, &slot);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	long rc;
+
+	if (m && m->daddr == p->daddr && m->ifindex == ifindex && len <= m->ok_len &&
+	    now < m->expires_ns) {
+		lb_count(LB_C_FIB_MEMO_HIT);
+		if (!m->tx) {
+			lb_count(LB_C_XMIT_STACK);
+			return CTX_PASS;
+		}
+		return lb4_tx(ctx, m->dmac, m->smac);
+	}
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = p->proto;
+	fib.tot_len = len;
+	fib.ipv4_src = p->saddr;
+	fib.ipv4_dst = p->daddr;
+	fib.ifindex = ifindex;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		lb_count(LB_C_XMIT_STACK);
+		return CTX_PASS;
+	}
+	if (m) {
+		m->daddr = p->daddr;
+		m->ifindex = ifindex;
+		m->ok_len = len;
+		m->tx = fib.ifindex == ifindex;
+		__builtin_memcpy(m->dmac, fib.dmac, 6);
+		__builtin_memcpy(m->smac, fib.smac, 6);
+		m->expires_ns = now + LB_FIB_MEMO_TTL_NS;
+	}
+	if (fib.ifindex != ifindex) {
+		lb_count(LB_C_XMIT_STACK);
+		return CTX_PASS;
+	}
+	return lb4_tx(ctx, fib.dmac, fib.smac);
+}
+
+/* Non-first fragments carry no ports: remember the first fragment's, by datagram. */
+static __always_inline void lb4_frag_remember(const struct pkt4 *p)
+{
+	struct lb4_frag_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .id = p->id, .proto = p->proto,
+	};
+	struct lb4_frag_ports v = { .sport = p->sport, .dport = p->dport };
+
+	bpf_map_update_elem(&cilia_lb4_frag, &k, &v, BPF_ANY);
+	lb_count(LB_C_FRAG_FIRST);
+}
+
+static __always_inline int lb4_frag_recall(struct pkt4 *p)
+{
+	struct lb4_frag_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .id = p->id, .proto = p->proto,
+	};
+	struct lb4_frag_ports *v = bpf_map_lookup_elem(&cilia_lb4_frag, &k);
+
+	if (!v)
+		return -1;
+	p->sport = v->sport;
+	p->dport = v->dport;
+	return 0;
+}
+
+/* The backend a new flow goes to: its maglev table entry, or its hash over the slots. */
+static __always_inline __u32 lb4_pick(const struct lb4_key *key, const struct lb4_service *svc,
+				      const struct lb_config *cfg, __u32 hash)
+{
+	struct lb4_key slot = *key;
+	struct lb4_service *s;
+
+	if (svc->algorithm == LB_ALG_MAGLEV && cfg->maglev_table_size) {
+		__u32 outer = svc->rev_nat_index;
+		void *table = bpf_map_lookup_elem(&cilia_lb4_maglev, &outer);
+
+		if (table) {
+			__u32 idx = hash % cfg->maglev_table_size;
+			__u32 *id = bpf_map_lookup_elem(table, &idx);
+
+			if (id && *id)
+				return *id;
+		}
+		/* No table (yet): the agent writes it after the slots; the slots still balance. */
+	}
+	slot.backend_slot = (hash % svc->count) + 1;
+	s = bpf_map_lookup_elem(&cilia_lb4_services, &slot);
+	return s ? s->backend_id : 0;
+}
+
+/* ClientIP session affinity: a client keeps its backend across flows until the timeout. */
+static __always_inline __u32 lb4_affinity_get(const struct pkt4 *p, const struct lb4_service *svc)
+{
+	struct lb4_affinity_key k = { .client_addr = p->saddr, .rev_nat_index = svc->rev_nat_index };
+	struct lb4_affinity_entry *e = bpf_map_lookup_elem(&cilia_lb4_affinity, &k);
+
+	if (!e || bpf_ktime_get_ns() - e->last_used_ns > svc->affinity_timeout * LB_NSEC_PER_SEC)
+		return 0;
+	return e->backend_id;
+}
+
+static __always_inline void lb4_affinity_put(const struct pkt4 *p, const struct lb4_service *svc,
+					     __u32 backend_id)
+{
+	struct lb4_affinity_key k = { .client_addr = p->saddr, .rev_nat_index = svc->rev_nat_index };
+	struct lb4_affinity_entry e = { .backend_id = backend_id, .last_used_ns = bpf_ktime_get_ns() };
+
+	bpf_map_update_elem(&cilia_lb4_affinity, &k, &e, BPF_ANY);
+}
+
+/* How a flow reaches its backend. */
+static __always_inline __u8 lb4_fwd_mode(const struct lb4_service *svc, const struct lb4_backend *be,
+					 const struct pkt4 *p)
+{
+	/* On this node: DNAT is enough, the reply passes our egress hook on its way out. */
+	if (be->flags & LB_BE_F_LOCAL)
+		return LB_FWD_LOCAL;
+	/* A host process's reply shares the node's sockets and skips the pod hooks that would put the
+	 * VIP back as its source: keep such flows on this node with SNAT. */
+	if (be->flags & LB_BE_F_HOST_NETWORK)
+		return LB_FWD_SNAT;
+	if (svc->mode == LB_MODE_DSR || (svc->mode == LB_MODE_HYBRID && p->proto == IPPROTO_TCP))
+		return LB_FWD_DSR;
+	return LB_FWD_SNAT;
+}
+
+/* The 28 bytes an ICMP error puts before the quote: its own IPv4 header and the ICMP header. */
+struct lb4_icmp_err_hdr {
+	struct iphdr ip;
+	struct icmp4hdr icmp;
+};
+_Static_assert(sizeof(struct lb4_icmp_err_hdr) == 28, "IPv4 + ICMP header, no padding");
+
+static __always_inline __u16 csum_words(const __u16 *w, __u32 n, __u32 seed)
+{
+	__u32 s = seed;
+
+	for (__u32 i = 0; i < n; i++)
+		s += w[i];
+	return (__u16)~csum_fold32(s);
+}
+
+/* Turns the packet into the ICMP port unreachable a host without a listener would send, from the
+ * frontend to the client, and leaves it ready to go back out of its device. Only for packets without
+ * IPv4 options (a fixed-size quote); -1 leaves the caller to drop. */
+static __always_inline int lb4_reject(lb_ctx *ctx, const struct pkt4 *p)
+{
+	struct lb4_icmp_err_hdr h = {};
+	__u16 quote[LB_REJECT_QUOTE / 2];
+	__u8 macs[12];
+	__u8 *eth = ctx_data(ctx);
+
+	if (p->ihl != 5 || !p->has_l4 || (void *)(eth + 12) > ctx_data_end(ctx))
+		return -1;
+	/* Back to where it came from: the MACs swap. */
+	__builtin_memcpy(macs, eth + 6, 6);
+	__builtin_memcpy(macs + 6, eth, 6);
+	if (ctx_load_bytes(ctx, ETH_HLEN, quote, sizeof(quote)))
+		return -1;
+	if (ctx_insert_after_eth(ctx, sizeof(h)) ||
+	    ctx_set_len(ctx, ETH_HLEN + sizeof(h) + LB_REJECT_QUOTE))
+		return -1;
+	h.ip.version = 4;
+	h.ip.ihl = 5;
+	h.ip.tot_len = bpf_htons(sizeof(h) + LB_REJECT_QUOTE);
+	h.ip.ttl = LB_REJECT_TTL;
+	h.ip.protocol = IPPROTO_ICMP;
+	h.ip.saddr = p->daddr;
+	h.ip.daddr = p->saddr;
+	h.ip.check = csum_words((const __u16 *)&h, sizeof(h.ip) / 2, 0);
+	h.icmp.type = ICMP_T_DEST_UNREACH;
+	h.icmp.code = ICMP_C_PORT_UNREACH;
+	h.icmp.checksum = csum_words(quote, LB_REJECT_QUOTE / 2,
+				     (__u32)h.icmp.type | ((__u32)h.icmp.code << 8));
+	if (ctx_store_bytes(ctx, ETH_HLEN, &h, sizeof(h)) || ctx_store_macs(ctx, macs, macs + 6))
+		return -1;
+	return 0;
+}
+
+/* Allocates the node port a new SNATed flow leaves with: hashed candidates, each claimed with a
+ * BPF_NOEXIST insert of the reply's NAT entry, so two CPUs never hand out the same port. */
+static __always_inline int lb4_snat_alloc(const struct pkt4 *p, const struct lb4_backend *be,
+					  __u32 rev_nat_index, const struct lb_config *cfg, __u32 hash,
+					  __be16 *port)
+{
+	struct lb4_tuple reply = {
+		.saddr = be->address, .daddr = cfg->node_addr, .sport = be->port, .proto = p->proto,
+	};
+	struct lb4_nat_entry v = {
+		.client_addr = p->saddr, .client_port = p->sport, .rev_nat_index = rev_nat_index,
+	};
+	__u32 range;
+
+	if (cfg->snat_port_max < cfg->snat_port_min)
+		return -1;
+	range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
+	for (__u32 i = 0; i < LB_SNAT_PORT_RETRIES; i++) {
+		__u16 cand = cfg->snat_port_min + lb_mix32(hash + i * LB_HASH_GOLDEN) % range;
+
+		reply.dport = bpf_htons(cand);
+		if (bpf_map_update_elem(&cilia_lb4_nat, &reply, &v, BPF_NOEXIST) == 0) {
+			*port = reply.dport;
+			return 0;
+		}
+		lb_count(LB_C_SNAT_PORT_RETRY);
+	}
+	lb_count(LB_C_SNAT_PORT_EXHAUSTED);
+	return -1;
+}
+
+/* A packet for a known frontend: find (or keep) its backend and translate it. */
+static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const struct lb4_key *key,
+					     const struct lb4_service *svc, const struct lb_config *cfg)
+{
+	struct lb4_tuple t;
+	struct lb4_ct_entry entry = {};
+	struct lb4_ct_entry *ct;
+	struct lb4_backend *bp;
+	struct lb4_backend be;
+	__be32 vip = p->daddr;
+	__be16 vport = p->dport;
+	__u32 hash, id = 0;
+
+	lb4_tuple_of(p, &t);
+	ct = bpf_map_lookup_elem(&cilia_lb4_ct, &t);
+	if (ct && ct->rev_nat_index == svc->rev_nat_index) {
+		bp = bpf_map_lookup_elem(&cilia_lb4_backends, &ct->backend_id);
+		if (bp) {
+			entry = *ct;
+			be = *bp;
+			lb_count(LB_C_CT_HIT);
+			goto xlate;
+		}
+		/* The backend was removed: this flow is broken anyway, give it a live one. */
+		lb_count(LB_C_CT_STALE);
+	}
+	if (svc->count == 0) {
+		/* A known service without backends: the packet must not reach the stack as if the VIP
+		 * were local. Reject answers the client at once (not rate-limited: one reply of the
+		 * request's size per request, no amplification); packets with options are dropped. */
+		if (svc->flags & LB_SVC_F_REJECT) {
+			lb_count(LB_C_NO_BACKEND_REJECT);
+			if (lb4_reject(ctx, p))
+				return CTX_DROP;
+			lb_count(LB_C_XMIT_TX);
+			return ctx_tx(ctx);
+		}
+		lb_count(LB_C_NO_BACKEND_DROP);
+		return CTX_DROP;
+	}
+	hash = lb4_flow_hash(p, cfg->hash_seed);
+	if (svc->flags & LB_SVC_F_AFFINITY) {
+		id = lb4_affinity_get(p, svc);
+		if (id && bpf_map_lookup_elem(&cilia_lb4_backends, &id))
+			lb_count(LB_C_AFFINITY_HIT);
+		else
+			id = 0;
+	}
+	if (!id)
+		id = lb4_pick(key, svc, cfg, hash);
+	bp = bpf_map_lookup_elem(&cilia_lb4_backends, &id);
+	if (!bp) {
+		/* The agent writes backends before the slots naming them; a miss is a bug, not a race. */
+		lb_count(LB_C_STALE_SLOT);
+		return CTX_DROP;
+	}
+	be = *bp;
+	entry.backend_id = id;
+	entry.rev_nat_index = svc->rev_nat_index;
+	entry.fwd = lb4_fwd_mode(svc, &be, p);
+	if (entry.fwd == LB_FWD_DSR && p->ihl + LB_DSR_OPT_LEN / 4 > IPV4_IHL_MAX) {
+		/* No room for the option: the backend could not answer as the VIP, so SNAT it. */
+		lb_count(LB_C_DSR_NO_ROOM);
+		entry.fwd = LB_FWD_SNAT;
+	}
+	if (entry.fwd == LB_FWD_SNAT) {
+		if (lb4_snat_alloc(p, &be, svc->rev_nat_index, cfg, hash, &entry.nat_port))
+			return CTX_DROP;
+		entry.nat_addr = cfg->node_addr;
+	}
+	bpf_map_update_elem(&cilia_lb4_ct, &t, &entry, BPF_ANY);
+	if (svc->flags & LB_SVC_F_AFFINITY)
+		lb4_affinity_put(p, svc, id);
+
+xlate:
+	if (entry.fwd == LB_FWD_SNAT) {
+		if (lb4_set_addr(ctx, p, LB_SRC, entry.nat_addr) ||
+		    lb4_set_port(ctx, p, LB_SRC, entry.nat_port))
+			return CTX_DROP;
+		lb_count(LB_C_FWD_SNAT);
+	} else if (entry.fwd == LB_FWD_DSR) {
+		/* Only packets with ports carry the option: that is what the backend side keys on. An
+		 * established flow whose packet has no room keeps going without it (already recorded). */
+		if (p->has_l4 && p->ihl + LB_DSR_OPT_LEN / 4 <= IPV4_IHL_MAX &&
+		    lb4_push_dsr_opt(ctx, p, vip, vport))
+			return CTX_DROP;
+		lb_count(LB_C_FWD_DSR);
+	} else {
+		struct lb4_tuple reply = {
+			.saddr = be.address, .daddr = p->saddr, .sport = be.port, .dport = p->sport,
+			.proto = p->proto,
+		};
+		struct lb4_dsr_entry rev = { .vip = vip, .vport = vport };
+
+		bpf_map_update_elem(&cilia_lb4_dsr, &reply, &rev, BPF_ANY);
+		lb_count(LB_C_FWD_LOCAL);
+	}
+	if (lb4_set_addr(ctx, p, LB_DST, be.address) || lb4_set_port(ctx, p, LB_DST, be.port))
+		return CTX_DROP;
+	return lb4_xmit(ctx, p);
+}
+
+/* A reply of an SNATed flow (backend -> node:port): restore VIP:port -> client:port. */
+static __always_inline int lb4_rev_snat(lb_ctx *ctx, struct pkt4 *p, const struct lb4_nat_entry *nat)
+{
+	struct lb4_nat_entry n = *nat;
+	__u32 rev = n.rev_nat_index;
+	struct lb4_reverse_nat *rn = bpf_map_lookup_elem(&cilia_lb4_reverse_nat, &rev);
+	struct lb4_reverse_nat fe;
+
+	if (!rn) {
+		/* The service is gone: nothing to restore, the stack answers (with a RST/ICMP). */
+		lb_count(LB_C_MISS);
+		return CTX_PASS;
+	}
+	fe = *rn;
+	if (lb4_set_addr(ctx, p, LB_SRC, fe.address) || lb4_set_port(ctx, p, LB_SRC, fe.port) ||
+	    lb4_set_addr(ctx, p, LB_DST, n.client_addr) || lb4_set_port(ctx, p, LB_DST, n.client_port))
+		return CTX_DROP;
+	lb_count(LB_C_REV_SNAT);
+	return lb4_xmit(ctx, p);
+}
+
+/* ICMP errors to the node about a packet it SNATed (node:port -> backend) are counted and passed
+ * untranslated: the stack finds no socket for them and drops them. Translating the quoted header
+ * back to the client is left for later; everything else ICMP is not ours. */
+static __always_inline int lb4_icmp(lb_ctx *ctx, const struct pkt4 *p, const struct lb_config *cfg)
+{
+	void *data = ctx_data(ctx);
+	void *end = ctx_data_end(ctx);
+	struct iphdr *in;
+	__be16 *ports;
+	__u32 off;
+
+	if (!p->has_l4 || p->daddr != cfg->node_addr)
+		return CTX_PASS;
+	if (p->icmp_type != ICMP_T_DEST_UNREACH && p->icmp_type != ICMP_T_TIME_EXCEEDED &&
+	    p->icmp_type != ICMP_T_PARAMETERPROB)
+		return CTX_PASS;
+	off = p->l4_off + sizeof(struct icmp4hdr);
+	if (off > ETH_HLEN + 60)
+		return CTX_PASS;
+	in = data + off;
+	if ((void *)(in + 1) > end || (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP))
+		return CTX_PASS;
+	off += ((__u32)in->ihl & 0xf) * 4;
+	ports = data + off;
+	if ((void *)(ports + 2) > end)
+		return CTX_PASS;
+	struct lb4_tuple reply = {
+		.saddr = in->daddr, .daddr = in->saddr, .sport = ports[1], .dport = ports[0],
+		.proto = in->protocol,
+	};
+
+	if (bpf_map_lookup_elem(&cilia_lb4_nat, &reply))
+		lb_count(LB_C_ICMP_ERR_FLOW);
+	return CTX_PASS;
+}
+
+/* Entry of the load balancer on a node device's ingress (XDP or TC). */
+static __always_inline int lb4_ingress(lb_ctx *ctx)
+{
+	const struct lb_config *cfg = lb_config_get();
+	struct lb4_service *sp;
+	struct lb4_service svc;
+	struct lb4_nat_entry *nat;
+	struct lb4_tuple t;
+	struct pkt4 p;
+	int rc;
+
+	ctx_pull(ctx);
+	rc = parse_ipv4(ctx, &p);
+	if (rc == PARSE_NOT_IPV4)
+		return CTX_PASS;
+	if (rc == PARSE_MALFORMED) {
+		lb_count(LB_C_MALFORMED);
+		return CTX_PASS;
+	}
+	if (!cfg)
+		return CTX_PASS;
+	if (p.proto == IPPROTO_ICMP)
+		return lb4_icmp(ctx, &p, cfg);
+	/* Frontends are TCP or UDP; every other protocol is the stack's. */
+	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+		return CTX_PASS;
+	if (p.frag == PKT_FRAG_LATER) {
+		/* Unknown datagram (not ours, or its first fragment not seen yet): the stack reassembles. */
+		if (lb4_frag_recall(&p)) {
+			lb_count(LB_C_FRAG_LATER_UNKNOWN);
+			return CTX_PASS;
+		}
+		lb_count(LB_C_FRAG_LATER_FWD);
+	}
+	/* Replies of SNATed flows come back to the node address, on a port from the SNAT range. */
+	if (p.daddr == cfg->node_addr) {
+		lb4_tuple_of(&p, &t);
+		nat = bpf_map_lookup_elem(&cilia_lb4_nat, &t);
+		if (nat) {
+			if (p.frag == PKT_FRAG_FIRST)
+				lb4_frag_remember(&p);
+			return lb4_rev_snat(ctx, &p, nat);
+		}
+	}
+	struct lb4_key key = {
+		.address = p.daddr, .dport = p.dport, .proto = p.proto, .scope = LB_SCOPE_EXT,
+	};
+
+	sp = bpf_map_lookup_elem(&cilia_lb4_services, &key);
+	if (!sp) {
+		lb_count(LB_C_MISS);
+		return CTX_PASS;
+	}
+	svc = *sp;
+	if (p.frag == PKT_FRAG_FIRST)
+		lb4_frag_remember(&p);
+	return lb4_service_xlate(ctx, &p, &key, &svc, cfg);
+}
+
+#endif /* CILIA_LB_H */
