@@ -1,10 +1,11 @@
-//! The lab: a LAN namespace with a bridge, node namespaces running the real agent, pods wired by
-//! the real CNI plugin, and a client namespace standing for the outside world. Everything carries a
-//! run id, and everything is torn down on drop, on SIGINT/SIGTERM, or later by `cilia-lab clean`.
+//! The lab: a LAN namespace with a bridge, node namespaces running the real agent, the operator in
+//! the control-plane node's namespace serving their intents over mutual TLS, pods wired by the real
+//! CNI plugin, and a client namespace standing for the outside world. Everything carries a run id,
+//! and everything is torn down on drop, on SIGINT/SIGTERM, or later by `cilia-lab clean`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +27,12 @@ pub const LAN_PREFIX: u8 = 16;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 100);
 pub const NATIVE_ROUTING_CIDR: &str = "10.244.0.0/16";
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+/// The operator's intent service port (the chart's `intent.port`).
+pub const OPERATOR_PORT: u16 = 4250;
+/// The operator's metrics port (Cilium's operator Prometheus port).
+pub const OPERATOR_METRICS_PORT: u16 = 9963;
+/// Heartbeats in the lab are quicker than the 5s default, so a lost peer shows within seconds.
+pub const LAB_HEARTBEAT: &str = "1s";
 
 /// One lab node: name, LAN address, pod CIDR.
 #[derive(Debug, Clone)]
@@ -88,6 +95,9 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     pub pods: BTreeMap<String, (Pod, NetNs)>,
     pub cluster: ClusterState,
+    /// The operator process, in the namespace of `nodes[operator_node]`.
+    pub operator: Option<Child>,
+    pub operator_node: usize,
     keep: bool,
 }
 
@@ -157,7 +167,7 @@ impl Lab {
         std::fs::write(dir.join("owner"), std::process::id().to_string())?;
         LIVE_RUNS.lock().unwrap().push(run.clone());
         let bin_dir = bin_dir();
-        for b in ["cilia-agent", "cilia-cni", "cilia-dbg"] {
+        for b in ["cilia-agent", "cilia-cni", "cilia-dbg", "cilia-operator"] {
             if !bin_dir.join(b).exists() {
                 bail!(
                     "{} is missing: build the workspace first (`make build`)",
@@ -201,6 +211,11 @@ impl Lab {
                 native_routing_cidr: Some(NATIVE_ROUTING_CIDR.parse().unwrap()),
             },
         };
+        // The operator runs on the control-plane node (or the first one), as its Deployment would.
+        let operator_node = nodes
+            .iter()
+            .position(|n| n.labels.contains_key(CONTROL_PLANE_LABEL))
+            .unwrap_or(0);
         let mut lab = Lab {
             run,
             dir,
@@ -210,9 +225,13 @@ impl Lab {
             nodes: lab_nodes,
             pods: BTreeMap::new(),
             cluster,
+            operator: None,
+            operator_node,
             keep: false,
         };
         lab.write_cluster()?;
+        lab.generate_certs()?;
+        lab.start_operator()?;
         for i in 0..lab.nodes.len() {
             lab.start_agent_at(i)?;
         }
@@ -233,6 +252,146 @@ impl Lab {
 
     pub fn cluster_file(&self) -> PathBuf {
         self.dir.join("cluster.json")
+    }
+
+    /// Where the run's certificates live (`cilia-operator certs` layout: `operator/`,
+    /// `agents/<node>/`, `ca.pem`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// The certificates the chart would generate: a CA, the operator's certificate (valid for its
+    /// LAN address too) and one client certificate per node.
+    fn generate_certs(&self) -> anyhow::Result<()> {
+        let nodes: Vec<&str> = self.nodes.iter().map(|n| n.spec.name.as_str()).collect();
+        netns::run(
+            Command::new(self.bin_dir.join("cilia-operator"))
+                .arg("certs")
+                .arg("--out")
+                .arg(self.tls_dir())
+                .args(["--nodes", &nodes.join(",")])
+                .args(["--server-san", &self.operator_ip().to_string()]),
+        )
+        .context("generating the lab's certificates")?;
+        Ok(())
+    }
+
+    pub fn operator_ip(&self) -> Ipv4Addr {
+        self.nodes[self.operator_node].spec.ip
+    }
+
+    /// The intent service's address on the LAN.
+    pub fn operator_addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.operator_ip(), OPERATOR_PORT))
+    }
+
+    pub fn operator_log_path(&self) -> PathBuf {
+        self.dir.join("operator.log")
+    }
+
+    pub fn operator_log(&self) -> String {
+        std::fs::read_to_string(self.operator_log_path()).unwrap_or_default()
+    }
+
+    /// Starts (or restarts) the operator in its node's namespace and waits until it serves.
+    pub fn start_operator(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.operator_log_path())?;
+        let ip = self.operator_ip();
+        let mut c = Command::new(self.bin_dir.join("cilia-operator"));
+        c.arg("serve")
+            .arg("--cluster-file")
+            .arg(self.cluster_file())
+            .args(["--cluster-file-poll", "100ms"])
+            .args(["--listen", &format!("{ip}:{OPERATOR_PORT}")])
+            .arg("--tls-dir")
+            .arg(self.tls_dir().join("operator"))
+            .args(["--metrics-listen", &format!("{ip}:{OPERATOR_METRICS_PORT}")])
+            .args(["--heartbeat-interval", LAB_HEARTBEAT])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let ns = self.nodes[self.operator_node].ns.path();
+        let child = spawn_in_netns(&mut c, &ns)?;
+        std::fs::write(self.dir.join("operator.pid"), child.id().to_string())?;
+        self.operator = Some(child);
+        wait_until(Duration::from_secs(10), || {
+            self.operator_get("/healthz").is_ok()
+        })
+        .with_context(|| format!("operator did not come up; log: {}", self.operator_log()))
+    }
+
+    /// Stops the operator with `signal` and waits for it.
+    pub fn stop_operator(&mut self, signal: i32) -> anyhow::Result<()> {
+        if let Some(mut c) = self.operator.take() {
+            unsafe { libc::kill(c.id() as i32, signal) };
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the operator process is still running (it did not crash).
+    pub fn operator_alive(&mut self) -> bool {
+        self.operator
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Whether `node`'s agent process is still running.
+    pub fn agent_alive(&mut self, node: &str) -> bool {
+        let i = self.node_index(node);
+        self.nodes[i]
+            .agent
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// An HTTP GET of the operator's metrics endpoint, from inside its node's namespace.
+    pub fn operator_get(&self, path: &str) -> anyhow::Result<String> {
+        let addr = SocketAddr::V4(SocketAddrV4::new(self.operator_ip(), OPERATOR_METRICS_PORT));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let resp =
+            self.nodes[self.operator_node]
+                .ns
+                .run(move || -> anyhow::Result<String> {
+                    use std::io::Read;
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(req.as_bytes())?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out)?;
+                    Ok(out)
+                })??;
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {head}");
+        }
+        Ok(body.to_string())
+    }
+
+    /// The operator's metrics as (name with labels, value), e.g.
+    /// `cilia_operator_node_applied_version{node="worker"}`.
+    pub fn operator_metrics(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        Ok(self
+            .operator_get("/metrics")?
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One per-node metric of the operator (`None` if the operator does not report it).
+    pub fn node_metric(&self, name: &str, node: &str) -> Option<f64> {
+        self.operator_metrics()
+            .ok()?
+            .get(&format!("{name}{{node=\"{node}\"}}"))
+            .copied()
     }
 
     /// Publishes the cluster facts the agents read (atomically).
@@ -277,8 +436,11 @@ impl Lab {
             .arg(&n.state_dir)
             .arg("--bpf-root")
             .arg(&n.bpf_root)
-            .arg("--cluster-file")
-            .arg(self.cluster_file())
+            .arg("--operator")
+            .arg(format!("https://{}", self.operator_addr()))
+            .arg("--tls-dir")
+            .arg(self.tls_dir().join("agents").join(&n.spec.name))
+            .args(["--heartbeat-interval", LAB_HEARTBEAT])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -464,6 +626,7 @@ impl Lab {
             n.ns.keep();
             n.agent = None;
         }
+        self.operator = None;
         for (_, ns) in self.pods.values_mut() {
             ns.keep();
         }
@@ -475,16 +638,20 @@ impl Drop for Lab {
         if self.keep {
             return;
         }
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.agent.take() {
-                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-                let deadline = Instant::now() + Duration::from_secs(3);
-                while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
+        // SIGTERM to all at once, then give each up to the same 3 s before SIGKILL.
+        let operator = self.operator.take();
+        let agents = self.nodes.iter_mut().filter_map(|n| n.agent.take());
+        let mut procs: Vec<Child> = operator.into_iter().chain(agents).collect();
+        for c in &procs {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for c in &mut procs {
+            while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
             }
+            let _ = c.kill();
+            let _ = c.wait();
         }
         // Namespaces go with their guards; then the pins and the run directory.
         self.pods.clear();
@@ -544,17 +711,23 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::
     }
 }
 
-/// Removes everything of run `run`: its processes, namespaces, pins and state directory.
+/// Removes everything of run `run`: its processes (agents and operator), namespaces, pins and
+/// state directory.
 pub fn clean_run(run: &str) {
     let dir = Path::new(LAB_ROOT).join(run);
+    let mut pid_files = vec![dir.join("operator.pid")];
     if let Ok(rd) = std::fs::read_dir(&dir) {
-        for e in rd.filter_map(Result::ok) {
-            if let Ok(pid) = std::fs::read_to_string(e.path().join("agent.pid"))
-                && let Ok(pid) = pid.trim().parse::<i32>()
-                && is_agent(pid)
-            {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+        pid_files.extend(
+            rd.filter_map(Result::ok)
+                .map(|e| e.path().join("agent.pid")),
+        );
+    }
+    for f in pid_files {
+        if let Ok(pid) = std::fs::read_to_string(&f)
+            && let Ok(pid) = pid.trim().parse::<i32>()
+            && is_cilia_process(pid)
+        {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
     let prefix = format!("cilia-{run}-");
@@ -577,7 +750,7 @@ pub fn clean_run(run: &str) {
 }
 
 /// Whether `pid` is a running cilia binary (so a recycled pid is never killed).
-fn is_agent(pid: i32) -> bool {
+fn is_cilia_process(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .is_ok_and(|c| c.trim().starts_with("cilia-"))
 }

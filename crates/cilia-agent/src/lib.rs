@@ -1,7 +1,8 @@
-//! The node agent as a library: the apply loop, the intent source, and the local API types that
-//! `cilia-dbg` shares.
+//! The node agent as a library: the apply loop, the intent sources (the operator's stream, or a
+//! cluster file), and the local API types that `cilia-dbg` shares.
 
 pub mod agent;
 pub mod api;
 pub mod source;
 pub mod status;
+pub mod stream;

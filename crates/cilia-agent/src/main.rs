@@ -16,17 +16,22 @@ use cilia_agent::api::futures_reply::Reply;
 use cilia_agent::api::{self, Request, Response};
 use cilia_agent::source::{FileSource, intent_hash};
 use cilia_agent::status::{AgentStatus, EndpointStatsRow};
-use tokio::sync::oneshot;
+use cilia_agent::stream::{ClientTls, HeldIntent, IntentStream, StreamConfig, StreamStatus};
+use cilia_model::NodeIntent;
+use tokio::sync::{oneshot, watch};
 
 /// The Cilia node agent.
 ///
-/// Runs in the node's network namespace. It reads this node's intent, then keeps the kernel in
-/// line with it: a route to every other node's pod CIDR (native routing), the `cilia_host` device
-/// holding the pods' gateway address, and the endpoint eBPF programs on every pod device. Maps and
-/// program links are pinned under the bpf root, so a restart takes them over without a gap.
-/// `cilia-dbg` talks to the agent through `<state-dir>/agent.sock`.
+/// Runs in the node's network namespace. It subscribes to this node's intent from the operator
+/// (`--operator`, gRPC with mutual TLS), then keeps the kernel in line with it: a route to every
+/// other node's pod CIDR (native routing), the `cilia_host` device holding the pods' gateway
+/// address, and the endpoint eBPF programs on every pod device. Maps and program links are pinned
+/// under the bpf root, so a restart takes them over without a gap; the last applied intent is kept
+/// in `<state-dir>/intent.json`, so a restarted agent serves it at once, also while the operator is
+/// away. `cilia-dbg` talks to the agent through `<state-dir>/agent.sock`.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["operator", "cluster_file"])))]
 struct Args {
     /// Name of the Kubernetes Node this agent runs on.
     #[arg(long, env = "CILIA_NODE_NAME")]
@@ -37,10 +42,28 @@ struct Args {
     /// bpffs directory for this node's pinned maps and links.
     #[arg(long, env = "CILIA_BPF_ROOT", default_value = cilia_datapath::bpf::DEFAULT_BPF_ROOT)]
     bpf_root: PathBuf,
-    /// Cluster facts as JSON (nodes, routing config); the interim source of intents until the
-    /// operator's intent stream is in place. Re-read whenever it changes.
+    /// The operator's intent service, e.g. https://172.18.0.2:4250 (the chart's port is 4250).
+    #[arg(
+        long,
+        env = "CILIA_OPERATOR",
+        requires = "tls_dir",
+        conflicts_with = "cluster_file"
+    )]
+    operator: Option<String>,
+    /// Directory with ca.crt, tls.crt and tls.key (the mounted agent Secret). The certificate's
+    /// subject CN must be node/<node-name>: the operator serves only that node's intent to it.
+    #[arg(long, env = "CILIA_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Name to verify the operator's certificate against (default: the host of --operator).
+    #[arg(long)]
+    tls_server_name: Option<String>,
+    /// How often a heartbeat goes to the operator; an operator silent for 4 of these is redialled.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// Without an operator: cluster facts as JSON (nodes, routing config), from which the agent
+    /// computes its own intent with the operator's pure function. Re-read whenever it changes.
     #[arg(long, env = "CILIA_CLUSTER_FILE")]
-    cluster_file: PathBuf,
+    cluster_file: Option<PathBuf>,
     /// How often the kernel state is re-checked against the intent even if nothing changed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     resync_interval: Duration,
@@ -99,7 +122,11 @@ async fn main() -> anyhow::Result<()> {
         status: AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             node: args.node_name.clone(),
-            intent_source: format!("file:{}", args.cluster_file.display()),
+            intent_source: match (&args.operator, &args.cluster_file) {
+                (Some(op), _) => format!("operator:{}", host_port(op)),
+                (None, Some(f)) => format!("file:{}", f.display()),
+                (None, None) => unreachable!("clap requires a source"),
+            },
             attach_mode: "TCX".into(),
             ..Default::default()
         },
@@ -150,8 +177,51 @@ async fn main() -> anyhow::Result<()> {
     });
     info!(node = %args.node_name, state_dir = %args.state_dir.display(), bpf_root = %args.bpf_root.display(), "agent started");
 
-    let mut source = FileSource::new(args.cluster_file.clone(), args.node_name.clone());
-    let mut intent = None;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut source = match (&args.operator, &args.cluster_file) {
+        (Some(op), _) => {
+            let tls_dir = args.tls_dir.as_ref().expect("clap requires --tls-dir");
+            let tls = ClientTls::read(tls_dir, args.tls_server_name.clone())?;
+            // Fail static across restarts: serve what was applied before, operator or not.
+            let held = HeldIntent::load(&args.state_dir);
+            if let Some(h) = &held {
+                info!(version = h.version, digest = %h.digest().short(), "holding the intent of the previous run");
+            }
+            let (held_tx, mut held_rx) = watch::channel(held.map(Arc::new));
+            held_rx.mark_changed();
+            let (applied_tx, applied_rx) = watch::channel(0u64);
+            let (status_tx, status_rx) = watch::channel(StreamStatus {
+                operator: host_port(op),
+                ..Default::default()
+            });
+            let stream = IntentStream {
+                config: StreamConfig {
+                    operator: op.clone(),
+                    tls,
+                    node: args.node_name.clone(),
+                    agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                    heartbeat_interval: args.heartbeat_interval,
+                    backoff_min: Duration::from_millis(250),
+                    backoff_max: Duration::from_secs(10),
+                },
+                held: held_tx,
+                applied: applied_rx,
+                status: status_tx,
+            };
+            tokio::spawn(stream.run(shutdown_rx));
+            Source::Operator {
+                held: held_rx,
+                applied: applied_tx,
+                status: status_rx,
+            }
+        }
+        (None, Some(f)) => Source::File(FileSource::new(f.clone(), args.node_name.clone())),
+        (None, None) => unreachable!("clap requires a source"),
+    };
+    // The intent to make true, with its stream version (none for the file source).
+    let mut intent: Option<(Option<u64>, NodeIntent)> = None;
+    // A new intent: apply it at once (`fresh`), and once applied record it (status, disk, ack).
+    let (mut fresh, mut unrecorded) = (false, false);
     let mut last_resync = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut term = signal(SignalKind::terminate())?;
@@ -172,41 +242,96 @@ async fn main() -> anyhow::Result<()> {
                 *shared.lock().unwrap() = agent.status.clone();
                 continue;
             }
+            h = held_changed(&mut source) => {
+                if let Some(h) = h {
+                    intent = Some((Some(h.version), h.intent.clone()));
+                    (fresh, unrecorded) = (true, true);
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
-        let mut apply_now = last_resync.elapsed() >= args.resync_interval;
-        match source.poll() {
-            Some(Ok(new)) => {
-                info!(hash = %intent_hash(&new), routes = new.routes.len(), "new intent");
-                agent.status.intent_hash = Some(intent_hash(&new));
-                intent = Some(new);
-                apply_now = true;
+        if let Source::File(file) = &mut source {
+            match file.poll() {
+                Some(Ok(new)) => {
+                    info!(hash = %intent_hash(&new), routes = new.routes.len(), "new intent");
+                    intent = Some((None, new));
+                    (fresh, unrecorded) = (true, true);
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "ignoring bad intent input; keeping the last applied intent");
+                    agent.status.last_error = Some(e);
+                }
+                None => {}
             }
-            Some(Err(e)) => {
-                warn!(error = %e, "ignoring bad intent input; keeping the last applied intent");
-                agent.status.last_error = Some(e);
-            }
-            None => {}
         }
-        if apply_now && let Some(i) = &intent {
+        // A failed apply is retried at the resync interval, not on every tick.
+        let apply_now = std::mem::take(&mut fresh) || last_resync.elapsed() >= args.resync_interval;
+        if apply_now && let Some((version, i)) = &intent {
             last_resync = Instant::now();
             match agent.apply(i).await {
-                Ok(()) => agent.status.last_error = None,
+                Ok(()) => {
+                    agent.status.last_error = None;
+                    if std::mem::take(&mut unrecorded) {
+                        agent.status.intent_hash = Some(intent_hash(i));
+                        if let (Source::Operator { applied, .. }, Some(v)) = (&source, version) {
+                            // Remember what is applied (for a restart), then ack it.
+                            if let Err(e) = HeldIntent::new(*v, i.clone()).store(&args.state_dir) {
+                                warn!(error = %e, "could not keep the applied intent on disk");
+                            }
+                            applied.send_replace(*v);
+                        }
+                    }
+                }
                 Err(e) => {
                     warn!(error = %e, "applying intent failed; retrying");
                     agent.status.last_error = Some(e.to_string());
                 }
             }
         }
+        if let Source::Operator { status, .. } = &source {
+            agent.status.intent_stream = Some(status.borrow().clone());
+        }
         if let Err(e) = agent.sync_endpoints().await {
             warn!(error = %e, "endpoint sync failed");
         }
         *shared.lock().unwrap() = agent.status.clone();
     }
+    let _ = shutdown_tx.send(true);
     info!("agent stopping; routes, maps and programs stay in place (fail static)");
     let _ = std::fs::remove_file(args.state_dir.join(api::SOCKET_FILE));
     Ok(())
+}
+
+/// Where the agent's intents come from.
+enum Source {
+    /// The operator's stream: the client task publishes the held intent; the loop reports back
+    /// which version it applied (the task acks it).
+    Operator {
+        held: watch::Receiver<Option<Arc<HeldIntent>>>,
+        applied: watch::Sender<u64>,
+        status: watch::Receiver<StreamStatus>,
+    },
+    File(FileSource),
+}
+
+/// The next intent from the stream; never resolves for the file source.
+async fn held_changed(source: &mut Source) -> Option<Arc<HeldIntent>> {
+    match source {
+        Source::Operator { held, .. } => {
+            if held.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            held.borrow_and_update().clone()
+        }
+        Source::File(_) => std::future::pending().await,
+    }
+}
+
+/// `host:port` of an `https://host:port` address, for status lines.
+fn host_port(url: &str) -> String {
+    let s = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    s.trim_end_matches('/').to_string()
 }
 
 #[cfg(test)]
@@ -219,5 +344,33 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert!(parse_duration("5h").unwrap_err().contains("5h"));
         assert!(parse_duration("x").unwrap_err().contains("\"x\""));
+    }
+
+    // Exactly one source: the operator (with its TLS directory) or a cluster file.
+    #[test]
+    fn one_intent_source_is_required() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let base = ["cilia-agent", "--node-name", "worker"];
+        let parse = |extra: &[&str]| Args::try_parse_from(base.iter().chain(extra.iter()));
+        assert!(parse(&[]).is_err());
+        assert!(
+            parse(&["--operator", "https://172.18.0.2:4250"]).is_err(),
+            "needs --tls-dir"
+        );
+        assert!(parse(&["--operator", "https://x:1", "--tls-dir", "/t"]).is_ok());
+        assert!(parse(&["--cluster-file", "/c.json"]).is_ok());
+        assert!(
+            parse(&[
+                "--operator",
+                "https://x:1",
+                "--tls-dir",
+                "/t",
+                "--cluster-file",
+                "/c"
+            ])
+            .is_err()
+        );
+        assert_eq!(host_port("https://172.18.0.2:4250/"), "172.18.0.2:4250");
     }
 }

@@ -1,8 +1,7 @@
-//! Where intents come from. Until the operator's intent stream exists, the cluster facts are read
-//! from a file and turned into this node's `NodeIntent` by the same pure function the operator uses.
+//! The file source of intents, kept beside the intent stream (`stream.rs`) for tests and setups
+//! without an operator: cluster facts are read from a file and turned into this node's
+//! `NodeIntent` by the same pure function the operator uses.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
 use cilia_model::{ClusterState, NodeIntent, node_intent};
@@ -51,13 +50,10 @@ pub fn intent_from_bytes(bytes: &[u8], node: &str) -> Result<NodeIntent, String>
     node_intent(&cluster, node).map_err(|e| e.to_string())
 }
 
-/// A short stable hash of an intent, shown in status so equal intents are recognisable.
+/// A short stable hash of an intent (its digest's first 16 hex digits), shown in status so equal
+/// intents are recognisable, on any node and across restarts.
 pub fn intent_hash(intent: &NodeIntent) -> String {
-    let mut h = DefaultHasher::new();
-    serde_json::to_string(intent)
-        .expect("intent serializes")
-        .hash(&mut h);
-    format!("{:016x}", h.finish())
+    intent.digest().short()
 }
 
 #[cfg(test)]

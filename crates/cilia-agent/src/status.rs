@@ -17,10 +17,13 @@ pub struct AgentStatus {
     pub router_ip: Option<Ipv4Addr>,
     pub routing_mode: Option<RoutingMode>,
     pub native_routing_cidr: Option<Ipv4Net>,
-    /// Where intents come from (`file:<path>` until the intent stream exists).
+    /// Where intents come from: `operator:<host:port>` (the intent stream) or `file:<path>`.
     pub intent_source: String,
-    /// Hash of the last applied intent; equal hashes mean equal intents.
+    /// The first 16 hex digits of the applied intent's digest; equal means equal intents.
     pub intent_hash: Option<String>,
+    /// The intent stream, when the agent subscribes to an operator.
+    #[serde(default)]
+    pub intent_stream: Option<crate::stream::StreamStatus>,
     pub routes: Vec<RouteIntent>,
     pub endpoints: Vec<EndpointRow>,
     /// Kernel writes performed since start (routes, devices, program attachments).

@@ -304,13 +304,17 @@ fn datapath_toggles_change_only_the_configmap() {
     // still parses (ip-masq-agent stays configured, inactive while BPF masquerading is off).
     let raw = template(&["-f", &medium(), "--set", "bpf.masquerade=false"]);
     let docs = comparable(raw.clone());
-    assert_eq!(changed(&medium_base, &docs), vec!["ConfigMap/cilium-config"]);
+    assert_eq!(
+        changed(&medium_base, &docs),
+        vec!["ConfigMap/cilium-config"]
+    );
     let parsed = parse_config(&raw);
     assert!(
         parsed
             .warnings
             .iter()
-            .any(|w| w.to_string().contains("enable-ip-masq-agent") && w.to_string().contains("no effect")),
+            .any(|w| w.to_string().contains("enable-ip-masq-agent")
+                && w.to_string().contains("no effect")),
         "{:?}",
         parsed.warnings
     );

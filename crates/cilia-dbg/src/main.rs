@@ -118,6 +118,9 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
             ),
         ),
     ];
+    if let Some(st) = &s.intent_stream {
+        v.push(("Intent stream", st.summary()));
+    }
     if let Some(c) = s.pod_cidr {
         v.push((
             "IPAM",

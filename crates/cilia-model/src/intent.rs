@@ -77,6 +77,8 @@ pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, Int
         .node(node)
         .ok_or_else(|| IntentError::UnknownNode(node.to_string()))?;
     let mut routes = BTreeSet::new();
+    // Destinations routed so far: a set, so a cluster of n nodes costs O(n log n) per node.
+    let mut dsts = BTreeSet::new();
     if cluster.routing.mode == RoutingMode::Native && cluster.routing.auto_direct_node_routes {
         // Peers by name, so that when two claim one pod CIDR the same one wins on every node.
         let mut peers: Vec<_> = cluster.nodes.iter().filter(|n| n.name != me.name).collect();
@@ -89,7 +91,7 @@ pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, Int
                 continue;
             }
             // One route per destination: the kernel holds one, and intents are keyed by it.
-            if routes.iter().any(|r: &RouteIntent| r.dst == dst) {
+            if !dsts.insert(dst) {
                 continue;
             }
             routes.insert(RouteIntent {

@@ -2,11 +2,13 @@
 
 pub mod cluster;
 pub mod delta;
+pub mod digest;
 pub mod intent;
 pub mod lbipam;
 pub mod node_local;
 pub mod selector;
 
 pub use cluster::{ClusterState, NodeInfo, RoutingConfig, RoutingMode};
+pub use digest::IntentDigest;
 pub use intent::{NodeFacts, NodeIntent, RouteIntent, node_intent};
 pub use node_local::NodeLocalConfig;

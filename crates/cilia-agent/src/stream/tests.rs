@@ -1,0 +1,465 @@
+//! The client's decisions on their own, then the client against the real operator (and a scripted
+//! fake one) over mutual TLS on loopback, with a stand-in apply loop that applies by acking.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use cilia_model::delta::Delta;
+use cilia_model::{ClusterState, NodeInfo, RoutingConfig, RoutingMode, node_intent};
+use cilia_operator::certs::{self, Bundle, CertRequest};
+use cilia_operator::intents::agents::Agents;
+use cilia_operator::tls::TlsFiles;
+use cilia_operator::{IntentIndex, IntentServer};
+use cilia_proto::v1;
+use cilia_proto::{delta_update, heartbeat_update, snapshot_update};
+use futures::{Stream, StreamExt};
+
+use super::*;
+
+const NODE: &str = "worker";
+
+fn mk_node(name: &str, ip: u8, cidr: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        internal_ip: Ipv4Addr::new(172, 18, 0, ip),
+        pod_cidr: Some(cidr.parse().unwrap()),
+        labels: Default::default(),
+    }
+}
+
+fn lab() -> ClusterState {
+    ClusterState {
+        nodes: vec![
+            mk_node("control-plane", 2, "10.244.0.0/24"),
+            mk_node("worker", 3, "10.244.1.0/24"),
+            mk_node("worker2", 4, "10.244.2.0/24"),
+        ],
+        routing: RoutingConfig {
+            mode: RoutingMode::Native,
+            auto_direct_node_routes: true,
+            native_routing_cidr: None,
+        },
+    }
+}
+
+/// `lab()` with worker2 moved to another address: worker's route to it changes.
+fn lab_moved() -> ClusterState {
+    let mut c = lab();
+    c.nodes[2].internal_ip = Ipv4Addr::new(172, 18, 0, 44);
+    c
+}
+
+fn held(version: u64, c: &ClusterState) -> HeldIntent {
+    HeldIntent::new(version, node_intent(c, NODE).unwrap())
+}
+
+// ---- on_update, pure ----
+
+// A snapshot is held as it is; a delta on the held version is applied.
+#[test]
+fn snapshots_and_deltas_on_the_held_version_are_held() {
+    let a = node_intent(&lab(), NODE).unwrap();
+    let b = node_intent(&lab_moved(), NODE).unwrap();
+    let Step::Hold(h1) = on_update(NODE, None, &snapshot_update(1, &a)) else {
+        panic!("held")
+    };
+    assert_eq!(h1, HeldIntent::new(1, a.clone()));
+    let d = cilia_model::delta::diff(&a, &b);
+    assert_eq!(
+        on_update(NODE, Some(&h1), &delta_update(2, 1, &d)),
+        Step::Hold(HeldIntent::new(2, b))
+    );
+    assert_eq!(
+        on_update(NODE, Some(&h1), &heartbeat_update(0, 9)),
+        Step::OperatorAt(9)
+    );
+}
+
+// A gap, a delta with nothing held, a snapshot for another node, an invalid field: each asks for a
+// resync, naming why.
+#[test]
+fn unusable_updates_ask_for_a_resync_with_the_reason() {
+    let h1 = held(1, &lab());
+    let empty = Delta::default();
+    let reason = |s: Step| match s {
+        Step::Resync(r) => r,
+        other => panic!("expected a resync, got {other:?}"),
+    };
+    assert!(reason(on_update(NODE, Some(&h1), &delta_update(6, 5, &empty))).contains("gap"));
+    assert!(reason(on_update(NODE, None, &delta_update(2, 1, &empty))).contains("no intent"));
+    let other = node_intent(&lab(), "worker2").unwrap();
+    assert!(reason(on_update(NODE, Some(&h1), &snapshot_update(3, &other))).contains("worker2"));
+    let bad = v1::IntentUpdate {
+        msg: Some(v1::intent_update::Msg::Delta(v1::Delta {
+            version: 2,
+            base_version: 1,
+            upserts: vec![v1::Entry {
+                entry: Some(v1::entry::Entry::Route(v1::Route {
+                    dst: "10.244.9.1/24".into(),
+                    via: "172.18.0.9".into(),
+                })),
+            }],
+            deletes: vec![],
+        })),
+    };
+    assert!(reason(on_update(NODE, Some(&h1), &bad)).contains("delta.upserts[0].route.dst"));
+    assert!(reason(on_update(NODE, Some(&h1), &v1::IntentUpdate { msg: None })).contains("msg"));
+}
+
+// The held intent survives a restart through the state directory, and a tampered file is not
+// trusted.
+#[test]
+fn held_intent_round_trips_through_the_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(HeldIntent::load(dir.path()).is_none());
+    let h = held(4, &lab());
+    h.store(dir.path()).unwrap();
+    assert_eq!(HeldIntent::load(dir.path()), Some(h.clone()));
+    let path = dir.path().join(HELD_INTENT_FILE);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["intent"]["routes"] = serde_json::json!([]);
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    assert!(HeldIntent::load(dir.path()).is_none());
+}
+
+#[test]
+fn status_line_reads_like_cilium_dbg() {
+    let s = StreamStatus {
+        operator: "172.18.0.2:4250".into(),
+        connected: true,
+        applied_version: 3,
+        operator_version: 3,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.summary(),
+        "connected to 172.18.0.2:4250, applied version 3 (operator at 3)"
+    );
+    let down = StreamStatus {
+        connected: false,
+        last_error: Some("connecting: refused".into()),
+        ..s
+    };
+    assert!(
+        down.summary()
+            .starts_with("disconnected from 172.18.0.2:4250")
+    );
+    assert!(down.summary().contains("refused"));
+}
+
+// ---- against an operator over mutual TLS ----
+
+fn bundle() -> Bundle {
+    certs::generate(&CertRequest::lab(&[NODE, "worker2"], &[])).unwrap()
+}
+
+fn server_tls(b: &Bundle) -> tonic::transport::ServerTlsConfig {
+    TlsFiles {
+        ca: b.ca_pem.clone().into(),
+        cert: b.server.cert_pem.clone().into(),
+        key: b.server.key_pem.clone().into(),
+    }
+    .server_config()
+}
+
+struct Operator {
+    cluster: watch::Sender<Arc<ClusterState>>,
+    agents: Arc<Agents>,
+    drain: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    async fn stop(self) {
+        let _ = self.drain.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn operator(b: &Bundle, listener: tokio::net::TcpListener, c: ClusterState) -> Operator {
+    let index = IntentIndex::shared();
+    index.lock().unwrap().apply(&c);
+    let (cluster, cluster_rx) = watch::channel(Arc::new(c));
+    let (drain, drain_rx) = watch::channel(false);
+    tokio::spawn(cilia_operator::cluster_file::feed_index(
+        cluster_rx,
+        index.clone(),
+        drain_rx.clone(),
+    ));
+    let agents = Arc::new(Agents::default());
+    let config = cilia_operator::StreamConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let server = IntentServer::new(index, agents.clone(), config, drain_rx.clone());
+    let tls = server_tls(b);
+    let mut d = drain_rx;
+    let task = tokio::spawn(async move {
+        let _ = server
+            .serve(listener, tls, async move {
+                let _ = d.changed().await;
+            })
+            .await;
+    });
+    Operator {
+        cluster,
+        agents,
+        drain,
+        task,
+    }
+}
+
+struct Client {
+    held: watch::Receiver<Option<Arc<HeldIntent>>>,
+    status: watch::Receiver<StreamStatus>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Starts the client holding `held`, with an apply loop that "applies" every held intent at once.
+fn client(b: &Bundle, addr: SocketAddr, held: Option<HeldIntent>) -> Client {
+    let pair = &b.nodes.iter().find(|(n, _)| n == NODE).unwrap().1;
+    let (held_tx, held_rx) = watch::channel(held.map(Arc::new));
+    let (applied_tx, applied_rx) = watch::channel(0u64);
+    let (status_tx, status_rx) = watch::channel(StreamStatus::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let stream = IntentStream {
+        config: StreamConfig {
+            operator: format!("https://{addr}"),
+            tls: ClientTls {
+                ca: b.ca_pem.clone().into(),
+                cert: pair.cert_pem.clone().into(),
+                key: pair.key_pem.clone().into(),
+                server_name: Some("localhost".into()),
+            },
+            node: NODE.into(),
+            agent_version: "test".into(),
+            heartbeat_interval: Duration::from_millis(100),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+        },
+        held: held_tx,
+        applied: applied_rx,
+        status: status_tx,
+    };
+    let mut loop_rx = held_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Some(h) = loop_rx.borrow_and_update().clone() {
+                applied_tx.send_replace(h.version);
+            }
+            if loop_rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(stream.run(shutdown_rx));
+    Client {
+        held: held_rx,
+        status: status_rx,
+        shutdown,
+    }
+}
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within 5s: {what}");
+}
+
+fn held_version(c: &Client) -> Option<u64> {
+    c.held.borrow().as_ref().map(|h| h.version)
+}
+
+async fn bind() -> (tokio::net::TcpListener, SocketAddr) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+// A fresh agent gets a snapshot, then a delta; the operator records its acks.
+#[tokio::test]
+async fn follows_the_operator_and_acks() {
+    let b = bundle();
+    let (l, addr) = bind().await;
+    let op = operator(&b, l, lab()).await;
+    let c = client(&b, addr, None);
+    eventually("snapshot held", || held_version(&c) == Some(1)).await;
+    op.cluster.send(Arc::new(lab_moved())).unwrap();
+    eventually("delta held", || held_version(&c) == Some(2)).await;
+    assert_eq!(
+        c.held.borrow().as_ref().unwrap().intent,
+        node_intent(&lab_moved(), NODE).unwrap()
+    );
+    eventually("ack recorded", || {
+        op.agents
+            .record(NODE)
+            .is_some_and(|r| r.applied_version == 2)
+    })
+    .await;
+    let s = c.status.borrow().clone();
+    assert_eq!((s.snapshots_received, s.deltas_received), (1, 1));
+    assert!(s.connected);
+    let _ = c.shutdown.send(true);
+    op.stop().await;
+}
+
+// An agent that restarts holding the current intent gets no snapshot — also from an operator that
+// restarted and numbers from 1 again.
+#[tokio::test]
+async fn a_current_agent_resumes_without_a_snapshot() {
+    let b = bundle();
+    let (l, addr) = bind().await;
+    let op = operator(&b, l, lab()).await;
+    let c = client(&b, addr, Some(held(7, &lab())));
+    eventually("connected", || c.status.borrow().connected).await;
+    eventually("operator at 7", || c.status.borrow().operator_version == 7).await;
+    assert_eq!(c.status.borrow().snapshots_received, 0);
+    assert_eq!(op.agents.record(NODE).unwrap().snapshots_sent, 0);
+    assert_eq!(op.agents.record(NODE).unwrap().applied_version, 7);
+    // The next change builds on the agent's numbering.
+    op.cluster.send(Arc::new(lab_moved())).unwrap();
+    eventually("delta 8 held", || held_version(&c) == Some(8)).await;
+    assert_eq!(c.status.borrow().snapshots_received, 0);
+    let _ = c.shutdown.send(true);
+    op.stop().await;
+}
+
+// The operator goes away: the agent keeps its intent, and converges once an operator (restarted,
+// with a changed cluster) is back on the same address.
+#[tokio::test]
+async fn converges_after_the_operator_comes_back() {
+    let b = bundle();
+    let (l, addr) = bind().await;
+    let op = operator(&b, l, lab()).await;
+    let c = client(&b, addr, None);
+    eventually("snapshot held", || held_version(&c) == Some(1)).await;
+    op.stop().await;
+    eventually("disconnected", || !c.status.borrow().connected).await;
+    assert_eq!(held_version(&c), Some(1), "fail static: the intent stays");
+
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let op = operator(&b, l, lab_moved()).await;
+    eventually("new intent held", || {
+        c.held
+            .borrow()
+            .as_ref()
+            .is_some_and(|h| h.intent == node_intent(&lab_moved(), NODE).unwrap())
+    })
+    .await;
+    // The restarted operator numbered from 1; the snapshot came after what the agent held.
+    assert_eq!(held_version(&c), Some(2));
+    eventually("connected", || c.status.borrow().connected).await;
+    let _ = c.shutdown.send(true);
+    op.stop().await;
+}
+
+/// An operator that sends a fixed script and records what the agent says.
+struct Scripted {
+    script: Mutex<Option<Vec<v1::IntentUpdate>>>,
+    seen: mpsc::UnboundedSender<cilia_proto::AgentMessage>,
+}
+
+type Out = Pin<Box<dyn Stream<Item = Result<v1::IntentUpdate, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::intent_service_server::IntentService for Scripted {
+    type SubscribeStream = Out;
+
+    async fn subscribe(
+        &self,
+        req: tonic::Request<tonic::Streaming<v1::AgentMessage>>,
+    ) -> Result<tonic::Response<Out>, tonic::Status> {
+        let mut inbound = req.into_inner();
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let _ = seen.send(cilia_proto::agent_message_from_proto(&m).unwrap());
+            }
+        });
+        let script = self.script.lock().unwrap().take().unwrap_or_default();
+        let out =
+            futures::stream::iter(script.into_iter().map(Ok)).chain(futures::stream::pending());
+        Ok(tonic::Response::new(Box::pin(out)))
+    }
+}
+
+// Malformed updates and gaps do not crash the agent: it keeps what it holds, says why, and asks
+// for a snapshot; a good snapshot afterwards is taken.
+#[tokio::test]
+async fn malformed_updates_keep_the_intent_and_ask_for_a_resync() {
+    let b = bundle();
+    let (l, addr) = bind().await;
+    let a = node_intent(&lab(), NODE).unwrap();
+    let moved = node_intent(&lab_moved(), NODE).unwrap();
+    let bad_cidr = v1::IntentUpdate {
+        msg: Some(v1::intent_update::Msg::Delta(v1::Delta {
+            version: 2,
+            base_version: 1,
+            upserts: vec![v1::Entry {
+                entry: Some(v1::entry::Entry::Route(v1::Route {
+                    dst: "not-a-cidr".into(),
+                    via: "172.18.0.9".into(),
+                })),
+            }],
+            deletes: vec![],
+        })),
+    };
+    let script = vec![
+        snapshot_update(1, &a),
+        bad_cidr,
+        delta_update(9, 8, &Delta::default()),
+        v1::IntentUpdate { msg: None },
+        snapshot_update(10, &moved),
+    ];
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let svc = Scripted {
+        script: Mutex::new(Some(script)),
+        seen: seen_tx,
+    };
+    let tls = server_tls(&b);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(v1::intent_service_server::IntentServiceServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .await
+            .unwrap();
+    });
+    let c = client(&b, addr, None);
+    eventually("final snapshot held", || held_version(&c) == Some(10)).await;
+    assert_eq!(c.held.borrow().as_ref().unwrap().intent, moved);
+
+    // What the agent said, up to its ack of the good snapshot (heartbeats go on all the while).
+    let mut reasons = Vec::new();
+    let mut acks = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !acks.contains(&10) {
+        match tokio::time::timeout_at(deadline, seen.recv()).await {
+            Ok(Some(cilia_proto::AgentMessage::Resync { reason })) => reasons.push(reason),
+            Ok(Some(cilia_proto::AgentMessage::Ack { version })) => acks.push(version),
+            Ok(Some(_)) => {}
+            other => panic!(
+                "no ack of version 10 within 5s ({other:?}); acks {acks:?}, resyncs {reasons:?}"
+            ),
+        }
+    }
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0].contains("delta.upserts[0].route.dst"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("gap"), "{reasons:?}");
+    assert!(reasons[2].contains("msg"), "{reasons:?}");
+    assert!(acks.contains(&10), "{acks:?}");
+    let s = c.status.borrow().clone();
+    assert_eq!(s.resyncs_requested, 3);
+    assert!(s.connected, "one stream throughout: {s:?}");
+    let _ = c.shutdown.send(true);
+}

@@ -1,0 +1,12 @@
+//! The intent stream's server side: a synchronous index of every node's intent and version
+//! (`index`), the per-node agent records behind metrics and status (`agents`), the node identity
+//! of a client certificate (`identity`), and the gRPC service that forwards each node's changes to
+//! its agent (`server`).
+
+pub mod agents;
+pub mod identity;
+pub mod index;
+pub mod server;
+
+#[cfg(test)]
+mod tests;

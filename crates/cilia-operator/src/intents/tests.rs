@@ -1,0 +1,534 @@
+//! The index and the stream without a cluster: small builders, documentation-range-like lab
+//! addresses, assertions on the receivers and on what goes over the wire.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cilia_model::{ClusterState, NodeInfo, RoutingConfig, RoutingMode, node_intent};
+use cilia_proto::v1::intent_service_client::IntentServiceClient;
+use cilia_proto::{
+    AgentMessage, Hello, Update as WireUpdate, agent_message_to_proto, update_from_proto,
+};
+use proptest::prelude::*;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::agents::Agents;
+use super::index::{IntentIndex, Sent, Update, next_update};
+use super::server::{IntentServer, StreamConfig};
+use crate::certs::{self, Bundle, CertRequest};
+use crate::tls::TlsFiles;
+
+fn mk_node(name: &str, ip: u8, cidr: Option<&str>) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        internal_ip: Ipv4Addr::new(172, 18, 0, ip),
+        pod_cidr: cidr.map(|c| c.parse().unwrap()),
+        labels: Default::default(),
+    }
+}
+
+fn lab() -> ClusterState {
+    ClusterState {
+        nodes: vec![
+            mk_node("control-plane", 2, Some("10.244.0.0/24")),
+            mk_node("worker", 3, Some("10.244.1.0/24")),
+            mk_node("worker2", 4, Some("10.244.2.0/24")),
+        ],
+        routing: RoutingConfig {
+            mode: RoutingMode::Native,
+            auto_direct_node_routes: true,
+            native_routing_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        },
+    }
+}
+
+fn version(index: &IntentIndex, node: &str) -> u64 {
+    index.view(node).map(|v| v.version).unwrap_or(0)
+}
+
+// Every node starts at version 1; a change that leaves a node's intent as it was leaves its version
+// and its receiver alone.
+#[test]
+fn versions_move_only_for_nodes_whose_intent_changed() {
+    let mut index = IntentIndex::new();
+    assert_eq!(index.apply(&lab()).len(), 3);
+    let mut rx: Vec<_> = ["control-plane", "worker", "worker2"]
+        .iter()
+        .map(|n| index.subscribe(n))
+        .collect();
+    for r in &mut rx {
+        assert_eq!(r.borrow_and_update().version, 1);
+    }
+
+    // Labels are not part of any intent.
+    let mut c = lab();
+    c.nodes[1].labels.insert("zone".into(), "a".into());
+    assert!(index.apply(&c).is_empty());
+    assert!(rx.iter().all(|r| !r.has_changed().unwrap()));
+
+    // A peer overlapping worker's pod CIDR gets routes on the others, never on worker itself.
+    c.nodes.push(mk_node("worker3", 5, Some("10.244.1.0/25")));
+    assert_eq!(index.apply(&c), ["control-plane", "worker2", "worker3"]);
+    assert!(rx[0].has_changed().unwrap());
+    assert!(
+        !rx[1].has_changed().unwrap(),
+        "worker's intent did not change"
+    );
+    assert!(rx[2].has_changed().unwrap());
+    assert_eq!(version(&index, "control-plane"), 2);
+    assert_eq!(version(&index, "worker"), 1);
+    assert_eq!(version(&index, "worker3"), 1);
+}
+
+// A node that leaves publishes "no intent" (its agent keeps what it holds); when it comes back its
+// version moves on from where it was.
+#[test]
+fn a_node_that_leaves_and_returns_keeps_counting() {
+    let mut index = IntentIndex::new();
+    index.apply(&lab());
+    let mut rx = index.subscribe("worker2");
+    rx.borrow_and_update();
+    let mut c = lab();
+    c.nodes.pop();
+    assert_eq!(index.apply(&c), ["control-plane", "worker", "worker2"]);
+    assert!(rx.borrow_and_update().intent.is_none());
+    index.apply(&lab());
+    let v = rx.borrow_and_update();
+    assert!(v.intent.is_some());
+    assert_eq!(v.version, 2);
+}
+
+// A delta carries only what changed for the node: here one route, as one upsert.
+#[test]
+fn only_what_changed_is_sent() {
+    let mut index = IntentIndex::new();
+    index.apply(&lab());
+    let mut rx = index.subscribe("worker");
+    let (sent, first) = next_update(None, &rx.borrow_and_update()).unwrap();
+    assert_eq!(first, Update::Snapshot);
+    assert!(
+        next_update(Some(&sent), &rx.borrow()).is_none(),
+        "nothing new"
+    );
+
+    let mut c = lab();
+    c.nodes[2].internal_ip = Ipv4Addr::new(172, 18, 0, 44);
+    index.apply(&c);
+    let (next, u) = next_update(Some(&sent), &rx.borrow_and_update()).unwrap();
+    let Update::Delta {
+        base_version,
+        delta,
+    } = u
+    else {
+        panic!("a delta")
+    };
+    assert_eq!((base_version, next.version), (1, 2));
+    assert_eq!(delta.deletes, vec![]);
+    assert_eq!(delta.upserts.len(), 1, "{delta:?}");
+}
+
+// Resuming: an agent that holds the current intent gets nothing; one that is ahead (operator
+// restarted) lifts the node's numbering; one behind with equal content gets an empty delta; one
+// with another intent gets a snapshot numbered after what it had.
+#[test]
+fn resume_compares_digests_not_version_numbers() {
+    let mut index = IntentIndex::new();
+    index.apply(&lab());
+    let digest = index.view("worker").unwrap().intent.unwrap().digest();
+
+    let (rx, sent) = index.resume("worker", Some((1, digest)));
+    assert!(next_update(sent.as_ref(), &rx.borrow()).is_none());
+
+    let (rx, sent) = index.resume("worker", Some((7, digest)));
+    assert_eq!(rx.borrow().version, 7);
+    assert!(next_update(sent.as_ref(), &rx.borrow()).is_none());
+
+    let (rx, sent) = index.resume("worker", Some((3, digest)));
+    match next_update(sent.as_ref(), &rx.borrow()) {
+        Some((
+            s,
+            Update::Delta {
+                base_version,
+                delta,
+            },
+        )) => {
+            assert_eq!((base_version, s.version), (3, 7));
+            assert!(delta.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let other = cilia_model::IntentDigest([1; 32]);
+    let (rx, sent) = index.resume("worker", Some((9, other)));
+    assert!(sent.is_none());
+    assert_eq!(rx.borrow().version, 10);
+    assert!(matches!(
+        next_update(None, &rx.borrow()),
+        Some((Sent { version: 10, .. }, Update::Snapshot))
+    ));
+}
+
+fn arb_cluster() -> impl Strategy<Value = ClusterState> {
+    (
+        proptest::collection::vec((0u8..6, 2u8..9, proptest::option::of(0u8..6)), 1..6),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(nodes, native, auto)| {
+            let mut c = lab();
+            // "worker" is always there: it is the node under observation.
+            c.nodes = vec![mk_node("worker", 3, Some("10.244.1.0/24"))];
+            for (i, ip, cidr) in nodes {
+                let name = format!("n{i}");
+                if c.node(&name).is_none() {
+                    let cidr = cidr.map(|x| format!("10.244.{}.0/24", 10 + x));
+                    c.nodes.push(mk_node(&name, ip, cidr.as_deref()));
+                }
+            }
+            c.routing.mode = if native {
+                RoutingMode::Native
+            } else {
+                RoutingMode::Tunnel
+            };
+            c.routing.auto_direct_node_routes = auto;
+            c
+        })
+}
+
+proptest! {
+    // Through the wire: the first snapshot and then every delta, each encoded to bytes, decoded
+    // and validated, applied by an agent in turn, equal a fresh snapshot of the last state; the
+    // agent's version equals the node's.
+    #[test]
+    fn deltas_over_the_wire_equal_a_fresh_snapshot(states in proptest::collection::vec(arb_cluster(), 1..8)) {
+        let mut index = IntentIndex::new();
+        index.apply(&states[0]);
+        let mut rx = index.subscribe("worker");
+        let mut sent: Option<Sent> = None;
+        let mut held: Option<(u64, cilia_model::NodeIntent)> = None;
+        for (i, state) in states.iter().enumerate() {
+            if i > 0 {
+                index.apply(state);
+            }
+            let view = rx.borrow_and_update().clone();
+            let Some((next, update)) = next_update(sent.as_ref(), &view) else { continue };
+            let bytes = update.to_proto(&next).encode_to_vec();
+            sent = Some(next);
+            let wire = cilia_proto::v1::IntentUpdate::decode(&bytes[..]).unwrap();
+            held = Some(match (update_from_proto(&wire).unwrap(), held) {
+                (WireUpdate::Snapshot { version, intent }, _) => (version, intent),
+                (WireUpdate::Delta { version, base_version, delta }, Some((v, h))) => {
+                    prop_assert_eq!(base_version, v);
+                    (version, cilia_model::delta::apply(&h, &delta).unwrap())
+                }
+                (u, h) => panic!("unexpected {u:?} holding {h:?}"),
+            });
+        }
+        let (v, intent) = held.unwrap();
+        prop_assert_eq!(v, index.view("worker").unwrap().version);
+        prop_assert_eq!(intent, node_intent(states.last().unwrap(), "worker").unwrap());
+    }
+}
+
+// ---- The served stream, over mutual TLS on loopback ----
+
+struct Served {
+    addr: std::net::SocketAddr,
+    bundle: Bundle,
+    cluster: watch::Sender<Arc<ClusterState>>,
+    agents: Arc<Agents>,
+    drain: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+async fn serve(bundle: Bundle) -> Served {
+    let index = IntentIndex::shared();
+    let (cluster, cluster_rx) = watch::channel(Arc::new(lab()));
+    let (drain, drain_rx) = watch::channel(false);
+    tokio::spawn(crate::cluster_file::feed_index(
+        cluster_rx,
+        index.clone(),
+        drain_rx.clone(),
+    ));
+    let agents = Arc::new(Agents::default());
+    let config = StreamConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        agent_timeout: Duration::from_secs(5),
+        hello_timeout: Duration::from_secs(2),
+    };
+    let server = IntentServer::new(index, agents.clone(), config, drain_rx.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = TlsFiles {
+        ca: bundle.ca_pem.clone().into(),
+        cert: bundle.server.cert_pem.clone().into(),
+        key: bundle.server.key_pem.clone().into(),
+    };
+    let mut d = drain_rx.clone();
+    let handle = tokio::spawn(async move {
+        server
+            .serve(listener, tls.server_config(), async move {
+                let _ = d.changed().await;
+            })
+            .await
+            .unwrap();
+    });
+    Served {
+        addr,
+        bundle,
+        cluster,
+        agents,
+        drain,
+        handle,
+    }
+}
+
+fn bundle() -> Bundle {
+    certs::generate(&CertRequest::lab(&["worker", "worker2"], &[])).unwrap()
+}
+
+async fn channel(
+    s: &Served,
+    ca: &str,
+    node: Option<&str>,
+    from: &Bundle,
+) -> anyhow::Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some(n) = node {
+        let pair = &from.nodes.iter().find(|(x, _)| x == n).unwrap().1;
+        tls = tls.identity(Identity::from_pem(&pair.cert_pem, &pair.key_pem));
+    }
+    Ok(Endpoint::from_shared(format!("https://{}", s.addr))?
+        .tls_config(tls)?
+        .connect()
+        .await?)
+}
+
+type Updates = tonic::Streaming<cilia_proto::v1::IntentUpdate>;
+
+async fn subscribe(
+    ch: Channel,
+    hello: Hello,
+) -> Result<(mpsc::Sender<cilia_proto::v1::AgentMessage>, Updates), tonic::Status> {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(agent_message_to_proto(&AgentMessage::Hello(hello)))
+        .await
+        .unwrap();
+    let resp = IntentServiceClient::new(ch)
+        .subscribe(ReceiverStream::new(rx))
+        .await?;
+    Ok((tx, resp.into_inner()))
+}
+
+fn hello(node: &str, held: Option<(u64, cilia_model::IntentDigest)>) -> Hello {
+    Hello {
+        node: node.into(),
+        agent_version: "test".into(),
+        held,
+    }
+}
+
+/// The next snapshot or delta, skipping heartbeats.
+async fn next_intent(u: &mut Updates) -> WireUpdate {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), u.message())
+            .await
+            .expect("an update within 5s")
+            .unwrap()
+            .unwrap();
+        match update_from_proto(&m).unwrap() {
+            WireUpdate::Heartbeat { .. } => continue,
+            other => return other,
+        }
+    }
+}
+
+// An agent gets a snapshot, then a delta when its node's intent changes; its acks are recorded.
+#[tokio::test]
+async fn snapshot_then_deltas_and_acks_are_recorded() {
+    let s = serve(bundle()).await;
+    let ch = channel(&s, &s.bundle.ca_pem, Some("worker"), &s.bundle)
+        .await
+        .unwrap();
+    let (tx, mut updates) = subscribe(ch, hello("worker", None)).await.unwrap();
+    let WireUpdate::Snapshot { version: 1, intent } = next_intent(&mut updates).await else {
+        panic!("snapshot first")
+    };
+    assert_eq!(intent.routes.len(), 2);
+    tx.send(agent_message_to_proto(&AgentMessage::Ack { version: 1 }))
+        .await
+        .unwrap();
+
+    let mut c = lab();
+    c.nodes[2].internal_ip = Ipv4Addr::new(172, 18, 0, 44);
+    s.cluster.send(Arc::new(c)).unwrap();
+    match next_intent(&mut updates).await {
+        WireUpdate::Delta {
+            version: 2,
+            base_version: 1,
+            delta,
+        } => assert_eq!(delta.upserts.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    tx.send(agent_message_to_proto(&AgentMessage::Ack { version: 2 }))
+        .await
+        .unwrap();
+    wait(|| {
+        s.agents
+            .record("worker")
+            .is_some_and(|r| r.applied_version == 2)
+    })
+    .await;
+    assert_eq!(s.agents.record("worker").unwrap().snapshots_sent, 1);
+    assert_eq!(s.agents.connected_count(), 1);
+
+    // Shutdown ends the stream cleanly: no error, just the end.
+    s.drain.send(true).unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), updates.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(e) => panic!("stream ended with {e:?}"),
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(5), s.handle)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+// An agent that already holds the current intent (by digest) gets no snapshot, only heartbeats
+// that state the version.
+#[tokio::test]
+async fn a_current_agent_gets_no_snapshot() {
+    let s = serve(bundle()).await;
+    let digest = node_intent(&lab(), "worker").unwrap().digest();
+    let ch = channel(&s, &s.bundle.ca_pem, Some("worker"), &s.bundle)
+        .await
+        .unwrap();
+    let (_tx, mut updates) = subscribe(ch, hello("worker", Some((1, digest))))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let m = updates.message().await.unwrap().unwrap();
+        assert!(
+            matches!(
+                update_from_proto(&m).unwrap(),
+                WireUpdate::Heartbeat {
+                    intent_version: 1,
+                    ..
+                }
+            ),
+            "only heartbeats stating version 1: {m:?}"
+        );
+    }
+    assert_eq!(s.agents.record("worker").unwrap().snapshots_sent, 0);
+    assert_eq!(s.agents.record("worker").unwrap().applied_version, 1);
+}
+
+// A node's certificate cannot subscribe as another node.
+#[tokio::test]
+async fn a_hello_for_another_node_is_permission_denied() {
+    let s = serve(bundle()).await;
+    let ch = channel(&s, &s.bundle.ca_pem, Some("worker"), &s.bundle)
+        .await
+        .unwrap();
+    let err = subscribe(ch, hello("worker2", None)).await.err().unwrap();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("hello.node"), "{err:?}");
+}
+
+// Without a client certificate, or with one from another CA, there is no stream.
+#[tokio::test]
+async fn clients_without_a_valid_certificate_cannot_subscribe() {
+    let s = serve(bundle()).await;
+    // The handshake may fail at connect or at the first request (TLS 1.3 verifies the client
+    // after the client considers itself connected); either way no stream opens.
+    let opens = |ch: anyhow::Result<Channel>| async move {
+        match ch {
+            Err(_) => false,
+            Ok(ch) => subscribe(ch, hello("worker", None)).await.is_ok(),
+        }
+    };
+    let no_cert = channel(&s, &s.bundle.ca_pem, None, &s.bundle).await;
+    assert!(!opens(no_cert).await, "a client without a certificate");
+    let rogue = bundle();
+    let other_ca = channel(&s, &s.bundle.ca_pem, Some("worker"), &rogue).await;
+    assert!(
+        !opens(other_ca).await,
+        "a client certificate from another CA"
+    );
+    assert_eq!(s.agents.connected_count(), 0);
+    assert!(s.agents.record("worker").is_none(), "no stream ever opened");
+}
+
+// An invalid message after the hello ends the stream with INVALID_ARGUMENT naming the field; the
+// server keeps serving others.
+#[tokio::test]
+async fn invalid_messages_are_invalid_argument_naming_the_field() {
+    let s = serve(bundle()).await;
+    let ch = channel(&s, &s.bundle.ca_pem, Some("worker"), &s.bundle)
+        .await
+        .unwrap();
+    let (tx, mut updates) = subscribe(ch.clone(), hello("worker", None)).await.unwrap();
+    next_intent(&mut updates).await;
+    tx.send(agent_message_to_proto(&AgentMessage::Ack { version: 99 }))
+        .await
+        .unwrap();
+    let err = loop {
+        match updates.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without a status"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("ack.version"), "{err:?}");
+
+    // A hello with a bad field is refused up front.
+    let bad = cilia_proto::v1::AgentMessage {
+        msg: Some(cilia_proto::v1::agent_message::Msg::Hello(
+            cilia_proto::v1::NodeHello {
+                node: "worker".into(),
+                agent_version: String::new(),
+                last_applied_version: 3,
+                intent_digest: "nothex".into(),
+            },
+        )),
+    };
+    let (tx2, rx2) = mpsc::channel(1);
+    tx2.send(bad).await.unwrap();
+    let err = IntentServiceClient::new(ch.clone())
+        .subscribe(ReceiverStream::new(rx2))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("hello.intent_digest"), "{err:?}");
+
+    // Still serving.
+    let (_tx, mut updates) = subscribe(ch, hello("worker", None)).await.unwrap();
+    assert!(matches!(
+        next_intent(&mut updates).await,
+        WireUpdate::Snapshot { .. }
+    ));
+}
+
+async fn wait(mut cond: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 5s");
+}
