@@ -3,8 +3,12 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
 use anyhow::Context;
-use cilia_e2e::lab::{Lab, clean_stale, default_nodes};
+use cilia_e2e::lab::{Lab, clean_stale, default_nodes, spawn_in_netns};
 use cilia_e2e::traffic::{EchoServer, tcp_echo};
 use clap::{Parser, Subcommand};
 
@@ -29,6 +33,67 @@ enum Cmd {
     Clean,
     /// Bring the lab up, print its run id, and hold it until SIGINT/SIGTERM, then tear it down.
     Up,
+}
+
+/// The workspace root (for `tools/helm`, `charts/`, `.venv/`) and the users' seed files beside it.
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn seed(name: &str) -> String {
+    repo()
+        .join("../shared/fixtures/seed")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs a user command (kubectl, helm) from the client namespace, as someone on the LAN would.
+fn as_user(lab: &Lab, program: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut c = Command::new(program);
+    c.args(args)
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = spawn_in_netns(&mut c, &lab.client.path())?.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        anyhow::bail!("{} {} failed:\n{text}", program.display(), args.join(" "));
+    }
+    Ok(text)
+}
+
+/// The lab's Kubernetes API endpoint: `cilia-apiserver` on the control-plane node (test
+/// infrastructure standing in for kube-apiserver). Its pid goes where `cilia-lab clean` looks.
+fn start_api_server(lab: &Lab) -> anyhow::Result<(Child, PathBuf)> {
+    let dir = lab.dir.join("apiserver");
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    let cp = &lab.nodes[0];
+    let mut c = Command::new(lab.bin_dir.join("cilia-apiserver"));
+    c.arg("--listen")
+        .arg(format!("{}:6443", cp.spec.ip))
+        .arg("--kubeconfig-out")
+        .arg(&kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("apiserver.log"))?);
+    let mut child = spawn_in_netns(&mut c, &cp.ns.path())?;
+    std::fs::write(dir.join("agent.pid"), child.id().to_string())?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("apiserver stdout")?).read_line(&mut line)?;
+    if !line.starts_with("listening on") {
+        anyhow::bail!("cilia-apiserver did not start: {line:?}");
+    }
+    Ok((child, kubeconfig))
 }
 
 fn step(n: u32, title: &str) {
@@ -88,8 +153,104 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         "     client              eth0 {}",
         cilia_e2e::lab::CLIENT_IP
     );
+    println!(
+        "   cilia-operator runs on control-plane ({}): it computes one intent per node and streams it",
+        lab.operator_addr()
+    );
+    println!(
+        "   to each agent over gRPC with mutual TLS (every agent holds a certificate naming its node)."
+    );
 
-    step(2, "Pods are created by the cilia-cni plugin");
+    step(
+        2,
+        "The user installs Cilia with the files they already have",
+    );
+    println!(
+        "   The lab's Kubernetes API endpoint runs on control-plane:6443 (test infrastructure: an"
+    );
+    println!(
+        "   in-memory API server). From the client, the real Helm engine installs the chart with the"
+    );
+    println!("   seed values, unchanged, and kubectl applies the seed objects:");
+    let (mut api, kubeconfig) = start_api_server(&lab)?;
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let helm = repo().join("tools/helm");
+    let kubectl = repo().join(".venv/bin/kubectl");
+    let medium = seed("cilium-medium.yaml");
+    println!(
+        "     $ helm install cilia charts/cilia -n kube-system --create-namespace -f cilium-medium.yaml"
+    );
+    let out = as_user(
+        &lab,
+        &helm,
+        &[
+            "install",
+            "cilia",
+            "charts/cilia",
+            "-n",
+            "kube-system",
+            "--create-namespace",
+            "-f",
+            &medium,
+            "--kubeconfig",
+            &kc,
+        ],
+    )?;
+    for l in out
+        .lines()
+        .filter(|l| l.starts_with("STATUS") || l.contains("deprecated") || l.contains("WARNING"))
+        .take(4)
+    {
+        println!("       {}", l.trim());
+    }
+    let files: Vec<String> = [
+        "lb-pool.yaml",
+        "l2-policy.yaml",
+        "ccnp-control-plane.yaml",
+        "deathstar-svc.yaml",
+        "http-sw-app.yaml",
+    ]
+    .iter()
+    .map(|f| seed(f))
+    .collect();
+    let mut args = vec!["--kubeconfig", &kc, "apply"];
+    for f in &files {
+        args.extend_from_slice(&["-f", f]);
+    }
+    println!(
+        "     $ kubectl apply -f lb-pool.yaml -f l2-policy.yaml -f ccnp-control-plane.yaml -f deathstar-svc.yaml -f http-sw-app.yaml"
+    );
+    indent(&as_user(&lab, &kubectl, &args)?);
+    println!("     $ kubectl get ippools");
+    indent(&as_user(
+        &lab,
+        &kubectl,
+        &["--kubeconfig", &kc, "get", "ippools"],
+    )?);
+    let masq = as_user(
+        &lab,
+        &kubectl,
+        &[
+            "--kubeconfig",
+            &kc,
+            "get",
+            "configmap",
+            "cilium-config",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.data.enable-bpf-masquerade}",
+        ],
+    )?;
+    println!(
+        "   cilium-config now says enable-bpf-masquerade={masq}. (The operator reads the cluster API in"
+    );
+    println!(
+        "   a coming step; today it takes node facts from the lab, so pools and Services are stored but"
+    );
+    println!("   not yet acted on.)");
+
+    step(3, "Pods are created by the cilia-cni plugin");
     println!(
         "   Like a container runtime, the lab calls `cilia-cni ADD` for each pod: it creates a veth"
     );
@@ -107,7 +268,7 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         println!("     pod {:<12} on {:<8} {}", p.name, p.node, p.ip);
     }
 
-    step(3, "Pods talk across nodes over native routing");
+    step(4, "Pods talk across nodes over native routing");
     let servers: Vec<EchoServer> = ["deathstar-1", "deathstar-2"]
         .iter()
         .map(|p| {
@@ -138,7 +299,7 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     }
     println!("   No tunnel and no NAT: the server sees the client pod's own address.");
 
-    step(4, "The routes that make it work");
+    step(5, "The routes that make it work");
     println!(
         "   Each agent installs one route per other node's pod CIDR, via that node (autoDirectNodeRoutes):"
     );
@@ -149,16 +310,19 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         }
     }
 
-    step(5, "What the agent says about itself (cilia-dbg)");
+    step(6, "What the agent says about itself (cilia-dbg)");
     indent(&lab.dbg("worker", &["status"])?);
     println!(
         "   Every packet in and out of a pod passes an eBPF program on its veth, which counts it:"
     );
     indent(&lab.dbg("worker", &["bpf", "endpoint", "list"])?);
 
-    step(6, "An agent restart does not disturb traffic");
+    step(7, "Restarts do not disturb traffic");
     lab.stop_agent("worker", libc::SIGKILL)?;
-    let (a, b) = (lab.pod("tiefighter"), lab.pod("deathstar-2"));
+    let (a, b) = (
+        lab.pod("tiefighter").clone(),
+        lab.pod("deathstar-2").clone(),
+    );
     tcp_echo(
         &a.ns_path(),
         SocketAddr::V4(SocketAddrV4::new(b.ip, 80)),
@@ -169,9 +333,21 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     );
     lab.start_agent("worker")?;
     println!("   Restarted it: it takes over the pinned maps and links and rewrites nothing.");
+    lab.stop_operator(libc::SIGKILL)?;
+    tcp_echo(
+        &a.ns_path(),
+        SocketAddr::V4(SocketAddrV4::new(b.ip, 80)),
+        b"operator away",
+    )?;
+    println!("   Killed the operator: agents keep serving what they hold (fail static).");
+    lab.start_operator()?;
+    println!("   Restarted it: agents resume with their intent digest and receive nothing new.");
     drop(servers);
 
     if keep {
+        println!(
+            "\nThe API server keeps running: kubectl --kubeconfig {kc} get ippools (from the client namespace)"
+        );
         let run = lab.run.clone();
         let worker_state = lab.node("worker").state_dir.clone();
         lab.keep();
@@ -189,6 +365,8 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         println!("When done: make lab-clean");
         std::mem::forget(lab);
     } else {
+        let _ = api.kill();
+        let _ = api.wait();
         drop(lab);
         println!("\nThe lab is torn down: namespaces, processes and pinned objects are gone.");
     }
