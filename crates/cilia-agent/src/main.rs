@@ -72,6 +72,9 @@ struct Args {
     mtu: u32,
 }
 
+/// How often the agent re-lists the node's links to release programs of vanished pod devices.
+const ENDPOINT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
@@ -224,6 +227,9 @@ async fn main() -> anyhow::Result<()> {
     let (mut fresh, mut unrecorded) = (false, false);
     let mut last_resync = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // New pods are attached on the CNI plugin's request; this scan only catches removed devices and
+    // anything attached while the agent was down, so it need not run on every tick.
+    let mut last_scan: Option<Instant> = None;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
@@ -292,8 +298,11 @@ async fn main() -> anyhow::Result<()> {
         if let Source::Operator { status, .. } = &source {
             agent.status.intent_stream = Some(status.borrow().clone());
         }
-        if let Err(e) = agent.sync_endpoints().await {
-            warn!(error = %e, "endpoint sync failed");
+        if last_scan.is_none_or(|t| t.elapsed() >= ENDPOINT_SCAN_INTERVAL) {
+            last_scan = Some(Instant::now());
+            if let Err(e) = agent.sync_endpoints().await {
+                warn!(error = %e, "endpoint sync failed");
+            }
         }
         *shared.lock().unwrap() = agent.status.clone();
     }
