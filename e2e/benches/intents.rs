@@ -201,6 +201,7 @@ fn cluster() -> ClusterState {
             auto_direct_node_routes: true,
             native_routing_cidr: Some("10.0.0.0/8".parse().unwrap()),
         },
+        ..Default::default()
     }
 }
 

@@ -210,6 +210,7 @@ impl Lab {
                 auto_direct_node_routes: true,
                 native_routing_cidr: Some(NATIVE_ROUTING_CIDR.parse().unwrap()),
             },
+            ..Default::default()
         };
         // The operator runs on the control-plane node (or the first one), as its Deployment would.
         let operator_node = nodes

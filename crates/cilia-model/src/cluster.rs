@@ -51,6 +51,15 @@ pub struct ClusterState {
     pub nodes: Vec<NodeInfo>,
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Services (any order; keyed by namespace/name).
+    #[serde(default)]
+    pub services: Vec<crate::service::ServiceInfo>,
+    /// EndpointSlices (any order; keyed by namespace/name).
+    #[serde(default)]
+    pub endpoint_slices: Vec<crate::service::EndpointSliceInfo>,
+    /// The datapath part of `cilium-config`.
+    #[serde(default)]
+    pub datapath: crate::service::DatapathConfig,
 }
 
 impl ClusterState {

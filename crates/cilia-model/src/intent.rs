@@ -1,12 +1,13 @@
 //! `ClusterState → NodeIntent`: what one node's agent must make true in its kernel.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterState, RoutingMode};
+use crate::service::{DatapathConfig, ServiceIntent};
 
 /// A route to another node's pod CIDR through that node's address (native routing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -38,6 +39,12 @@ pub struct NodeIntent {
     /// Recorded for masquerading: traffic into this range is never masqueraded.
     pub native_routing_cidr: Option<Ipv4Net>,
     pub routes: BTreeSet<RouteIntent>,
+    /// Services to load-balance, by `namespace/name`.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceIntent>,
+    /// The datapath part of `cilium-config`.
+    #[serde(default)]
+    pub datapath: DatapathConfig,
 }
 
 impl NodeIntent {
@@ -59,6 +66,8 @@ impl NodeIntent {
             routing_mode: f.routing_mode,
             native_routing_cidr: f.native_routing_cidr,
             routes,
+            services: BTreeMap::new(),
+            datapath: DatapathConfig::default(),
         }
     }
 }
@@ -107,6 +116,8 @@ pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, Int
         routing_mode: cluster.routing.mode,
         native_routing_cidr: cluster.routing.native_routing_cidr,
         routes,
+        services: BTreeMap::new(),
+        datapath: cluster.datapath.clone(),
     })
 }
 
@@ -136,6 +147,7 @@ mod tests {
                 auto_direct_node_routes: true,
                 native_routing_cidr: Some("10.244.0.0/16".parse().unwrap()),
             },
+            ..Default::default()
         }
     }
 

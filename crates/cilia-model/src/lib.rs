@@ -7,6 +7,7 @@ pub mod intent;
 pub mod lbipam;
 pub mod node_local;
 pub mod selector;
+pub mod service;
 
 pub use cluster::{ClusterState, NodeInfo, RoutingConfig, RoutingMode};
 pub use digest::IntentDigest;

@@ -40,6 +40,7 @@ fn lab() -> ClusterState {
             auto_direct_node_routes: true,
             native_routing_cidr: None,
         },
+        ..Default::default()
     }
 }
 

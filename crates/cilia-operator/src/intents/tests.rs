@@ -43,6 +43,7 @@ fn lab() -> ClusterState {
             auto_direct_node_routes: true,
             native_routing_cidr: Some("10.244.0.0/16".parse().unwrap()),
         },
+        ..Default::default()
     }
 }
 
