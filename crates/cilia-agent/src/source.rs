@@ -71,6 +71,27 @@ mod tests {
         assert_eq!(i.routes.len(), 1);
     }
 
+    // Services, their EndpointSlices and the datapath settings in the file reach the intent as
+    // the operator would compute them.
+    #[test]
+    fn services_and_datapath_settings_reach_the_intent() {
+        let file = r#"{"nodes":[
+            {"name":"a","internalIp":"172.18.0.2","podCidr":"10.244.0.0/24"},
+            {"name":"b","internalIp":"172.18.0.3","podCidr":"10.244.1.0/24"}],
+            "services":[{"namespace":"default","name":"web","clusterIps":["10.96.0.10"],
+                "ports":[{"name":"http","protocol":"TCP","port":80}]}],
+            "endpointSlices":[{"namespace":"default","name":"web-1","service":"web",
+                "endpoints":[{"addresses":["10.244.1.5"],"nodeName":"b"}],
+                "ports":[{"name":"http","protocol":"TCP","port":8080}]}],
+            "datapath":{"kubeProxyReplacement":true,"masquerade":true}}"#;
+        let i = intent_from_bytes(file.as_bytes(), "a").unwrap();
+        let web = i.services.get("default/web").unwrap();
+        assert_eq!(web.frontends.len(), 1);
+        assert_eq!(web.backends.len(), 1);
+        assert_eq!(web.backends[0].node.as_deref(), Some("b"));
+        assert!(i.datapath.kube_proxy_replacement && i.datapath.masquerade);
+    }
+
     // Bad input names what is wrong; the caller keeps its last intent.
     #[test]
     fn bad_input_is_reported_precisely() {

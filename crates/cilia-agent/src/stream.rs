@@ -363,7 +363,7 @@ impl IntentStream {
                         Step::OperatorAt(v) => self.status.send_modify(|s| s.operator_version = v),
                         Step::Hold(h) => {
                             let snapshot = matches!(m.msg, Some(cilia_proto::v1::intent_update::Msg::Snapshot(_)));
-                            info!(version = h.version, routes = h.intent.routes.len(), snapshot, "new intent");
+                            info!(version = h.version, routes = h.intent.routes.len(), services = h.intent.services.len(), snapshot, "new intent");
                             received_up_to = received_up_to.max(h.version);
                             let v = h.version;
                             self.status.send_modify(|s| {

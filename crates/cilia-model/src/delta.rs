@@ -2,10 +2,12 @@
 //! sends. `apply(a, diff(a, b)) == b` for any two intents of one node (property-tested).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::intent::{NodeFacts, NodeIntent, RouteIntent};
+use crate::service::{DatapathConfig, ServiceIntent, ServiceMap, ServiceName};
 
 /// The kinds of entries an intent is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -15,6 +17,13 @@ pub enum Kind {
     Node,
     /// A route to another node's pod CIDR (key: the CIDR).
     Route,
+    /// A Service's frontends and backends (key: `namespace/name`).
+    Service,
+    /// The datapath part of `cilium-config`: masquerading, load-balancing defaults, devices (one
+    /// entry, key ""). Its own kind rather than part of the node facts, so a `helm upgrade` that
+    /// flips one setting sends that entry alone, identical for every node. An intent without it
+    /// holds the defaults.
+    Datapath,
 }
 
 /// Identifies one entry of an intent.
@@ -30,6 +39,9 @@ pub struct EntryKey {
 pub enum Entry {
     Node(NodeFacts),
     Route(RouteIntent),
+    /// Shared with the intent it came from: entries of 10,000 Services copy no Service.
+    Service(Arc<ServiceIntent>),
+    Datapath(DatapathConfig),
 }
 
 impl Entry {
@@ -43,8 +55,23 @@ impl Entry {
                 kind: Kind::Route,
                 key: r.dst.to_string(),
             },
+            Entry::Service(s) => EntryKey {
+                kind: Kind::Service,
+                key: s.name.to_string(),
+            },
+            Entry::Datapath(_) => EntryKey {
+                kind: Kind::Datapath,
+                key: String::new(),
+            },
         }
     }
+}
+
+/// The Service a `Kind::Service` key names, when it is in the exact form `entries()` gives it.
+fn service_name_of_key(key: &str) -> Option<ServiceName> {
+    let (ns, name) = key.split_once('/')?;
+    let n = ServiceName::new(ns, name);
+    (n.to_string() == key).then_some(n)
 }
 
 /// What changed between two intents of one node.
@@ -78,6 +105,12 @@ impl NodeIntent {
             let e = Entry::Route(*r);
             m.insert(e.key(), e);
         }
+        for s in self.services.shared() {
+            let e = Entry::Service(s.clone());
+            m.insert(e.key(), e);
+        }
+        let dp = Entry::Datapath(self.datapath.clone());
+        m.insert(dp.key(), dp);
         m
     }
 
@@ -87,16 +120,23 @@ impl NodeIntent {
     ) -> Result<NodeIntent, DeltaError> {
         let mut facts = None;
         let mut routes = std::collections::BTreeSet::new();
+        let mut services = Vec::new();
+        let mut datapath = DatapathConfig::default();
         for e in entries {
             match e {
                 Entry::Node(f) => facts = Some(f.clone()),
                 Entry::Route(r) => {
                     routes.insert(*r);
                 }
+                Entry::Service(s) => services.push(s.clone()),
+                Entry::Datapath(d) => datapath = d.clone(),
             }
         }
         let f = facts.ok_or(DeltaError::MissingNode)?;
-        Ok(NodeIntent::from_facts(f, routes))
+        let mut i = NodeIntent::from_facts(f, routes);
+        i.services = services.into_iter().collect();
+        i.datapath = datapath;
+        Ok(i)
     }
 }
 
@@ -115,7 +155,9 @@ fn routes_by_dst(i: &NodeIntent) -> impl Iterator<Item = RouteIntent> + '_ {
 
 /// The delta that turns `old` into `new`: the same as comparing `old.entries()` with
 /// `new.entries()` key by key (upserts and deletes in key order), computed by walking both
-/// route sets side by side so that large intents cost no allocation per unchanged entry.
+/// route sets and both Service lists side by side so that large intents cost no allocation per
+/// unchanged entry. Shared Services are compared by pointer first: two intents holding the same
+/// `ServiceMap` cost nothing, and a Service computed once and shared costs no deep comparison.
 pub fn diff(old: &NodeIntent, new: &NodeIntent) -> Delta {
     use std::cmp::Ordering;
     let mut d = Delta::default();
@@ -123,7 +165,16 @@ pub fn diff(old: &NodeIntent, new: &NodeIntent) -> Delta {
     if old.facts() != facts {
         d.upserts.push(Entry::Node(facts));
     }
-    let (mut a, mut b) = (routes_by_dst(old).peekable(), routes_by_dst(new).peekable());
+    // Equal route sets (the common case when a Service changed) are seen in one tight pass.
+    let walk = if old.routes == new.routes {
+        0
+    } else {
+        usize::MAX
+    };
+    let (mut a, mut b) = (
+        routes_by_dst(old).take(walk).peekable(),
+        routes_by_dst(new).take(walk).peekable(),
+    );
     loop {
         let ord = match (a.peek(), b.peek()) {
             (None, None) => break,
@@ -142,10 +193,65 @@ pub fn diff(old: &NodeIntent, new: &NodeIntent) -> Delta {
             }
         }
     }
+    diff_services(&old.services, &new.services, &mut d);
+    if old.datapath != new.datapath {
+        d.upserts.push(Entry::Datapath(new.datapath.clone()));
+    }
     // Key order (kind, then key text), as a walk over the keyed entries gives.
     d.upserts.sort_by_cached_key(Entry::key);
     d.deletes.sort();
     d
+}
+
+fn diff_services(old: &ServiceMap, new: &ServiceMap, d: &mut Delta) {
+    use std::cmp::Ordering;
+    if old.ptr_eq(new) {
+        return;
+    }
+    // Skip the shared prefix and suffix in tight loops: after one Service changed, that is all
+    // but one entry of 10,000.
+    let (mut x, mut y) = (old.shared(), new.shared());
+    let head = x
+        .iter()
+        .zip(y)
+        .take_while(|(p, q)| Arc::ptr_eq(p, q))
+        .count();
+    (x, y) = (&x[head..], &y[head..]);
+    let tail = x
+        .iter()
+        .rev()
+        .zip(y.iter().rev())
+        .take_while(|(p, q)| Arc::ptr_eq(p, q))
+        .count();
+    (x, y) = (&x[..x.len() - tail], &y[..y.len() - tail]);
+    let (mut a, mut b) = (x.iter().peekable(), y.iter().peekable());
+    loop {
+        let ord = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            // One shared Service: equal, and no name to compare (most of 10,000 are).
+            (Some(x), Some(y)) if Arc::ptr_eq(x, y) => {
+                a.next();
+                b.next();
+                continue;
+            }
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+        };
+        match ord {
+            Ordering::Less => d.deletes.push(EntryKey {
+                kind: Kind::Service,
+                key: a.next().unwrap().name.to_string(),
+            }),
+            Ordering::Greater => d.upserts.push(Entry::Service(b.next().unwrap().clone())),
+            Ordering::Equal => {
+                let (x, y) = (a.next().unwrap(), b.next().unwrap());
+                if x != y {
+                    d.upserts.push(Entry::Service(y.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Applies `delta` to `intent`: the same as applying it to `intent.entries()` and rebuilding,
@@ -167,10 +273,19 @@ pub fn apply(intent: &NodeIntent, delta: &Delta) -> Result<NodeIntent, DeltaErro
             routes.remove(&r);
         }
     };
+    let mut services = intent.services.clone();
+    let mut datapath = Some(intent.datapath.clone());
     for k in &delta.deletes {
         match k.kind {
             Kind::Node if k.key.is_empty() => facts = None,
             Kind::Node => {}
+            Kind::Datapath if k.key.is_empty() => datapath = None,
+            Kind::Datapath => {}
+            Kind::Service => {
+                if let Some(n) = service_name_of_key(&k.key) {
+                    services.remove(&n);
+                }
+            }
             // A key names a route only in the exact text `entries()` gives it.
             Kind::Route => {
                 if let Ok(dst) = k.key.parse::<ipnet::Ipv4Net>()
@@ -196,10 +311,17 @@ pub fn apply(intent: &NodeIntent, delta: &Delta) -> Result<NodeIntent, DeltaErro
                 remove_dst(&mut routes, r.dst);
                 routes.insert(*r);
             }
+            Entry::Service(s) => {
+                services.insert(s.clone());
+            }
+            Entry::Datapath(dp) => datapath = Some(dp.clone()),
         }
     }
     let f = facts.ok_or(DeltaError::MissingNode)?;
-    Ok(NodeIntent::from_facts(f, routes))
+    let mut i = NodeIntent::from_facts(f, routes);
+    i.services = services;
+    i.datapath = datapath.unwrap_or_default();
+    Ok(i)
 }
 
 #[cfg(test)]
@@ -302,14 +424,16 @@ mod tests {
         NodeIntent::from_entries(m.values())
     }
 
-    /// Intents that may even hold two routes to one destination (which `node_intent` never makes).
+    /// Intents that may even hold two routes to one destination (which `node_intent` never makes),
+    /// with the Services and datapath settings of some cluster.
     fn arb_loose_intent() -> impl Strategy<Value = NodeIntent> {
         (
             proptest::collection::btree_set((0u8..12, 2u8..6), 0..10),
             arb_intent(),
+            crate::testgen::arb_cluster(),
         )
-            .prop_map(|(routes, base)| {
-                NodeIntent::from_facts(
+            .prop_map(|(routes, base, cluster)| {
+                let mut i = NodeIntent::from_facts(
                     base.facts(),
                     routes
                         .into_iter()
@@ -318,7 +442,10 @@ mod tests {
                             via: Ipv4Addr::new(172, 18, 0, g),
                         })
                         .collect(),
-                )
+                );
+                i.services = crate::service::services(&cluster);
+                i.datapath = cluster.datapath;
+                i
             })
     }
 
@@ -344,6 +471,22 @@ mod tests {
                 kind: Kind::Node,
                 key: "x".into()
             }),
+            (0u8..2, 0u8..4).prop_map(|(ns, n)| EntryKey {
+                kind: Kind::Service,
+                key: format!("ns{ns}/svc{n}")
+            }),
+            Just(EntryKey {
+                kind: Kind::Service,
+                key: "no-slash".into()
+            }),
+            Just(EntryKey {
+                kind: Kind::Datapath,
+                key: String::new()
+            }),
+            Just(EntryKey {
+                kind: Kind::Datapath,
+                key: "x".into()
+            }),
         ];
         let entry = prop_oneof![
             (0u8..12, 2u8..6).prop_map(|(n, g)| Entry::Route(RouteIntent {
@@ -356,6 +499,10 @@ mod tests {
                 f.node = "intruder".into();
                 Entry::Node(f)
             }),
+            arb_loose_intent().prop_filter_map("has services", |i| {
+                i.services.shared().first().cloned().map(Entry::Service)
+            }),
+            arb_loose_intent().prop_map(|i| Entry::Datapath(i.datapath)),
         ];
         (
             proptest::collection::vec(entry, 0..5),
@@ -376,6 +523,74 @@ mod tests {
             prop_assert_eq!(apply(&a, &d), apply_by_entries(&a, &d));
             prop_assert_eq!(apply(&a, &diff(&a, &b)), apply_by_entries(&a, &diff_by_entries(&a, &b)));
         }
+    }
+
+    proptest! {
+        // Any sequence of cluster changes, sent as deltas (between what the operator's incremental
+        // index computed) and applied to the first snapshot, equals a fresh snapshot of the last
+        // state — Services and datapath settings included — on every node.
+        #[test]
+        fn cluster_changes_as_deltas_equal_a_fresh_snapshot(
+            states in proptest::collection::vec(crate::testgen::arb_cluster(), 1..8),
+        ) {
+            let mut index = crate::incremental::ClusterIntents::new();
+            let mut sent: BTreeMap<String, NodeIntent> = BTreeMap::new();
+            let mut held: BTreeMap<String, NodeIntent> = BTreeMap::new();
+            for c in &states {
+                index.update(c);
+                for (node, now) in index.intents() {
+                    let h = match (held.get(node), sent.get(node)) {
+                        (Some(h), Some(s)) => apply(h, &diff(s, now)).unwrap(),
+                        _ => (**now).clone(),
+                    };
+                    prop_assert_eq!(&h, &crate::intent::node_intent(c, node).unwrap());
+                    prop_assert_eq!(h.digest(), now.digest());
+                    held.insert(node.clone(), h);
+                    sent.insert(node.clone(), (**now).clone());
+                }
+            }
+        }
+    }
+
+    // One changed Service travels as one upsert; an unchanged shared one is not even compared.
+    #[test]
+    fn a_changed_service_is_one_upsert() {
+        use crate::service::Protocol;
+        use crate::testgen::*;
+        let mut c = crate::ClusterState {
+            nodes: vec![mk_node("worker", [172, 18, 0, 3], Some("10.244.1.0/24"))],
+            ..Default::default()
+        };
+        for n in ["a", "b", "c"] {
+            c.services.push(mk_service(
+                "default",
+                n,
+                [10, 96, 0, 1],
+                &[("", Protocol::Tcp, 80)],
+            ));
+        }
+        let a = crate::intent::node_intent(&c, "worker").unwrap();
+        c.services[1].session_affinity_timeout = Some(30);
+        let mut b = crate::intent::node_intent(&c, "worker").unwrap();
+        let d = diff(&a, &b);
+        assert_eq!(d.upserts.len(), 1);
+        assert_eq!(d.upserts[0].key().key, "default/b");
+        c.services.remove(0);
+        c.datapath.masquerade = true;
+        b = crate::intent::node_intent(&c, "worker").unwrap();
+        let d = diff(&a, &b);
+        assert_eq!(
+            d.deletes,
+            vec![EntryKey {
+                kind: Kind::Service,
+                key: "default/a".into()
+            }]
+        );
+        assert_eq!(
+            d.upserts.iter().map(|e| e.key().kind).collect::<Vec<_>>(),
+            vec![Kind::Service, Kind::Datapath]
+        );
+        assert_eq!(apply(&a, &d).unwrap(), b);
     }
 
     // Only the changed route travels.

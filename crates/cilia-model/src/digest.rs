@@ -119,13 +119,15 @@ mod tests {
 
     // The digest of a fixed intent is pinned: a change here means every agent gets one snapshot
     // after an upgrade, so it must be deliberate. The value is the SHA-256 of the three lines
-    // `[{"kind":"node","key":""},{"node":{…}}]`, `[{"kind":"route","key":"10.244.0.0/24"},…]`, …
-    // (compact JSON, one per entry, newline-terminated): reproducible with any JSON and sha256 tool.
+    // `[{"kind":"node","key":""},{"node":{…}}]`, `[{"kind":"route","key":"10.244.0.0/24"},…]`, …,
+    // `[{"kind":"datapath","key":""},{"datapath":{…}}]` (compact JSON, one per entry,
+    // newline-terminated): reproducible with any JSON and sha256 tool. (Changed once when Services
+    // and the datapath entry joined the intent.)
     #[test]
     fn digest_is_stable_across_releases() {
         assert_eq!(
             intent(&[(0, 2), (2, 4)]).digest().to_string(),
-            "c873e7c3fad94e8333eddfa8a76fa0f9836736a2c8fb81dec95b56c13dee1e8c"
+            "722c16f5ccc323159aeb4c8bd7b6eb875b0c6a28a1a27f30bb40dab2505db999"
         );
     }
 
@@ -163,6 +165,43 @@ mod tests {
         let mut b = a.clone();
         b.routing_mode = RoutingMode::Tunnel;
         assert_ne!(a.digest(), b.digest());
+    }
+
+    // Services and datapath settings are part of the digest: an agent holding an intent with a stale
+    // backend or a stale masquerade setting is not taken for current.
+    #[test]
+    fn services_and_datapath_are_part_of_the_digest() {
+        use crate::service::{LbAlgorithm, LbMode, Protocol, ServiceIntent, ServiceName};
+        let a = intent(&[(0, 2)]);
+        let mut b = a.clone();
+        b.datapath.masquerade = true;
+        assert_ne!(a.digest(), b.digest());
+        let svc = |port| ServiceIntent {
+            name: ServiceName::new("default", "web"),
+            frontends: vec![],
+            backends: vec![crate::service::BackendIntent {
+                addr: Ipv4Addr::new(10, 244, 1, 5),
+                port,
+                protocol: Protocol::Tcp,
+                port_name: String::new(),
+                node: None,
+                terminating: false,
+                host_network: false,
+            }],
+            external_traffic_local: false,
+            internal_traffic_local: false,
+            session_affinity_timeout: None,
+            mode: LbMode::Snat,
+            algorithm: LbAlgorithm::Random,
+        };
+        let (mut c, mut d) = (a.clone(), a.clone());
+        c.services.insert(svc(80));
+        d.services.insert(svc(8080));
+        assert_ne!(a.digest(), c.digest());
+        assert_ne!(c.digest(), d.digest());
+        let mut c2 = a.clone();
+        c2.services.insert(svc(80));
+        assert_eq!(c.digest(), c2.digest());
     }
 
     #[test]

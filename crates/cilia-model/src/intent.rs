@@ -1,13 +1,13 @@
 //! `ClusterState → NodeIntent`: what one node's agent must make true in its kernel.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterState, RoutingMode};
-use crate::service::{DatapathConfig, ServiceIntent};
+use crate::cluster::{ClusterState, NodeInfo, RoutingMode};
+use crate::service::{DatapathConfig, ServiceMap};
 
 /// A route to another node's pod CIDR through that node's address (native routing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -39,9 +39,9 @@ pub struct NodeIntent {
     /// Recorded for masquerading: traffic into this range is never masqueraded.
     pub native_routing_cidr: Option<Ipv4Net>,
     pub routes: BTreeSet<RouteIntent>,
-    /// Services to load-balance, by `namespace/name`.
+    /// Services to load-balance, by `namespace/name`; the same for every node, and shared.
     #[serde(default)]
-    pub services: BTreeMap<String, ServiceIntent>,
+    pub services: ServiceMap,
     /// The datapath part of `cilium-config`.
     #[serde(default)]
     pub datapath: DatapathConfig,
@@ -66,7 +66,7 @@ impl NodeIntent {
             routing_mode: f.routing_mode,
             native_routing_cidr: f.native_routing_cidr,
             routes,
-            services: BTreeMap::new(),
+            services: ServiceMap::new(),
             datapath: DatapathConfig::default(),
         }
     }
@@ -78,47 +78,63 @@ pub enum IntentError {
     UnknownNode(String),
 }
 
-/// Computes the intent of `node`. Routes: with native routing and `autoDirectNodeRoutes`, one route
-/// per other node that has a pod CIDR, via that node's address. A peer whose pod CIDR overlaps this
-/// node's own gets no route (it would steal local pods' traffic).
+/// Computes the intent of `node`: its facts, its routes ([`routes`]), every load-balanced Service
+/// ([`crate::service::services`]) and the datapath settings.
 pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, IntentError> {
     let me = cluster
         .node(node)
         .ok_or_else(|| IntentError::UnknownNode(node.to_string()))?;
-    let mut routes = BTreeSet::new();
-    // Destinations routed so far: a set, so a cluster of n nodes costs O(n log n) per node.
-    let mut dsts = BTreeSet::new();
-    if cluster.routing.mode == RoutingMode::Native && cluster.routing.auto_direct_node_routes {
-        // Peers by name, so that when two claim one pod CIDR the same one wins on every node.
-        let mut peers: Vec<_> = cluster.nodes.iter().filter(|n| n.name != me.name).collect();
-        peers.sort_by(|a, b| a.name.cmp(&b.name));
-        for peer in peers {
-            let Some(dst) = peer.pod_cidr else { continue };
-            if let Some(own) = me.pod_cidr
-                && (own.contains(&dst) || dst.contains(&own))
-            {
-                continue;
-            }
-            // One route per destination: the kernel holds one, and intents are keyed by it.
-            if !dsts.insert(dst) {
-                continue;
-            }
-            routes.insert(RouteIntent {
-                dst,
-                via: peer.internal_ip,
-            });
-        }
-    }
     Ok(NodeIntent {
         node: me.name.clone(),
         node_ip: me.internal_ip,
         pod_cidr: me.pod_cidr,
         routing_mode: cluster.routing.mode,
         native_routing_cidr: cluster.routing.native_routing_cidr,
-        routes,
-        services: BTreeMap::new(),
+        routes: routes(cluster, me),
+        services: crate::service::services(cluster),
         datapath: cluster.datapath.clone(),
     })
+}
+
+/// The routes of node `me`: with native routing and `autoDirectNodeRoutes`, one route per other
+/// node that has a pod CIDR, via that node's address. A peer whose pod CIDR overlaps this node's
+/// own gets no route (it would steal local pods' traffic); of two peers claiming one pod CIDR the
+/// first by name wins, on every node alike.
+pub fn routes(cluster: &ClusterState, me: &NodeInfo) -> BTreeSet<RouteIntent> {
+    let mut routes = BTreeSet::new();
+    if !routes_enabled(&cluster.routing) {
+        return routes;
+    }
+    // Destinations routed so far: a set, so a cluster of n nodes costs O(n log n) per node.
+    let mut dsts = BTreeSet::new();
+    // Peers by name, so that when two claim one pod CIDR the same one wins on every node.
+    let mut peers: Vec<_> = cluster.nodes.iter().filter(|n| n.name != me.name).collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    for peer in peers {
+        let Some(dst) = peer.pod_cidr else { continue };
+        if overlaps(me.pod_cidr, dst) {
+            continue;
+        }
+        // One route per destination: the kernel holds one, and intents are keyed by it.
+        if !dsts.insert(dst) {
+            continue;
+        }
+        routes.insert(RouteIntent {
+            dst,
+            via: peer.internal_ip,
+        });
+    }
+    routes
+}
+
+/// Whether direct routes to other nodes' pod CIDRs are installed at all.
+pub fn routes_enabled(r: &crate::cluster::RoutingConfig) -> bool {
+    r.mode == RoutingMode::Native && r.auto_direct_node_routes
+}
+
+/// Whether a peer's pod CIDR `dst` overlaps a node's own (`own`): then it gets no route there.
+pub fn overlaps(own: Option<Ipv4Net>, dst: Ipv4Net) -> bool {
+    own.is_some_and(|own| own.contains(&dst) || dst.contains(&own))
 }
 
 #[cfg(test)]

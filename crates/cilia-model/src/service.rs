@@ -6,9 +6,10 @@
 //! [`EndpointSliceInfo`] / [`DatapathConfig`] in [`crate::ClusterState`]; the intent computation
 //! turns them into [`ServiceIntent`]s; the agent turns those into map entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -352,3 +353,327 @@ pub struct ServiceIntent {
     pub mode: LbMode,
     pub algorithm: LbAlgorithm,
 }
+
+/// The Services of a node's intent, by name: shared, not copied. Every node's intent carries the
+/// same Services, so the operator keeps one `ServiceMap` and hands every node a clone of it (one
+/// reference count); a change to one Service copies the list of references once, not the Services.
+/// Sorted by [`ServiceName`], unique; the entry key of a Service is `namespace/name`.
+#[derive(Clone, Default)]
+pub struct ServiceMap(Arc<Vec<Arc<ServiceIntent>>>);
+
+impl ServiceMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn position(&self, name: &ServiceName) -> Result<usize, usize> {
+        self.0.binary_search_by(|s| s.name.cmp(name))
+    }
+
+    /// The Service named `key` (`namespace/name`).
+    pub fn get(&self, key: &str) -> Option<&ServiceIntent> {
+        let (ns, name) = key.split_once('/')?;
+        self.get_by_name(&ServiceName::new(ns, name))
+    }
+
+    pub fn get_by_name(&self, name: &ServiceName) -> Option<&ServiceIntent> {
+        self.position(name).ok().map(|i| &*self.0[i])
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Inserts (or replaces) a Service under its own name; returns the one it replaced.
+    pub fn insert(&mut self, svc: impl Into<Arc<ServiceIntent>>) -> Option<Arc<ServiceIntent>> {
+        let svc = svc.into();
+        match self.position(&svc.name) {
+            Ok(i) => Some(std::mem::replace(&mut Arc::make_mut(&mut self.0)[i], svc)),
+            Err(i) => {
+                Arc::make_mut(&mut self.0).insert(i, svc);
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, name: &ServiceName) -> Option<Arc<ServiceIntent>> {
+        let i = self.position(name).ok()?;
+        Some(Arc::make_mut(&mut self.0).remove(i))
+    }
+
+    /// `(name, service)` in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ServiceName, &ServiceIntent)> {
+        self.0.iter().map(|s| (&s.name, &**s))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &ServiceName> {
+        self.0.iter().map(|s| &s.name)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &ServiceIntent> {
+        self.0.iter().map(|s| &**s)
+    }
+
+    /// The shared Services themselves, in name order (cloning one is a reference count).
+    pub fn shared(&self) -> &[Arc<ServiceIntent>] {
+        &self.0
+    }
+
+    /// Whether both are the very same list: then they are equal without looking inside.
+    pub fn ptr_eq(&self, other: &ServiceMap) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl PartialEq for ServiceMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other)
+            || (self.len() == other.len()
+                && self
+                    .0
+                    .iter()
+                    .zip(other.0.iter())
+                    .all(|(a, b)| Arc::ptr_eq(a, b) || a == b))
+    }
+}
+
+impl Eq for ServiceMap {}
+
+impl fmt::Debug for ServiceMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|s| (s.name.to_string(), s)))
+            .finish()
+    }
+}
+
+impl<S: Into<Arc<ServiceIntent>>> FromIterator<S> for ServiceMap {
+    /// Later Services replace earlier ones of the same name.
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut v: Vec<Arc<ServiceIntent>> = iter.into_iter().map(Into::into).collect();
+        // dedup keeps the first of equal neighbours and the sort is stable: reversing first makes
+        // the last one given the one kept.
+        v.reverse();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.dedup_by(|a, b| a.name == b.name);
+        ServiceMap(Arc::new(v))
+    }
+}
+
+impl<'a> IntoIterator for &'a ServiceMap {
+    type Item = (&'a ServiceName, &'a ServiceIntent);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, Arc<ServiceIntent>>,
+        fn(&'a Arc<ServiceIntent>) -> (&'a ServiceName, &'a ServiceIntent),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        fn pair(s: &Arc<ServiceIntent>) -> (&ServiceName, &ServiceIntent) {
+            (&s.name, s)
+        }
+        self.0.iter().map(pair)
+    }
+}
+
+/// As JSON: an object keyed by `namespace/name`, as the intent file and the held intent show it.
+impl Serialize for ServiceMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|v| (v.name.to_string(), &**v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<String, ServiceIntent>::deserialize(d)?;
+        for (k, v) in &m {
+            if *k != v.name.to_string() {
+                return Err(serde::de::Error::custom(format!(
+                    "service key {k:?} does not match its name {}",
+                    v.name
+                )));
+            }
+        }
+        Ok(m.into_values().collect())
+    }
+}
+
+// ---- ServiceInfo + EndpointSlices → ServiceIntent ----
+
+/// What a Service's intent depends on besides the Service and its EndpointSlices.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceContext<'a> {
+    pub datapath: &'a DatapathConfig,
+    /// Every node's `InternalIP`: a backend there is a host-network pod.
+    pub node_ips: &'a HashSet<Ipv4Addr>,
+}
+
+/// Whether a Service is load-balanced at all: ExternalName and headless Services are not.
+pub fn is_load_balanced(svc: &ServiceInfo) -> bool {
+    svc.service_type != ServiceType::ExternalName && !svc.cluster_ips.is_empty()
+}
+
+/// Computes one Service's intent from the Service and the EndpointSlices of it (those whose
+/// `service` label names it in its namespace; others are ignored here too). `None` for
+/// Services that are not load-balanced (ExternalName, headless).
+///
+/// Frontends: each clusterIP × port; for NodePort and LoadBalancer Services each allocated
+/// nodePort (address: the node's own); for LoadBalancer Services each ingress IP × port; each
+/// externalIP × port. Backends, per Service port: the endpoints of the slice ports with the same
+/// name and protocol; ready ones, or — when the port has no ready endpoint at all — the serving
+/// and terminating ones, marked `terminating`.
+pub fn service_intent<'s>(
+    svc: &ServiceInfo,
+    slices: impl IntoIterator<Item = &'s EndpointSliceInfo>,
+    cx: ServiceContext<'_>,
+) -> Option<ServiceIntent> {
+    if !is_load_balanced(svc) {
+        return None;
+    }
+    let mut frontends = Vec::new();
+    for p in &svc.ports {
+        let fe = |kind, addr| FrontendIntent {
+            kind,
+            addr,
+            port: p.port,
+            protocol: p.protocol,
+            port_name: p.name.clone(),
+        };
+        for ip in &svc.cluster_ips {
+            frontends.push(fe(FrontendKind::ClusterIp, Some(*ip)));
+        }
+        if matches!(
+            svc.service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        ) && let Some(np) = p.node_port
+        {
+            frontends.push(FrontendIntent {
+                port: np,
+                ..fe(FrontendKind::NodePort, None)
+            });
+        }
+        if svc.service_type == ServiceType::LoadBalancer {
+            for ip in &svc.load_balancer_ips {
+                frontends.push(fe(FrontendKind::LoadBalancer, Some(*ip)));
+            }
+        }
+        for ip in &svc.external_ips {
+            frontends.push(fe(FrontendKind::ExternalIp, Some(*ip)));
+        }
+    }
+    frontends.sort();
+    frontends.dedup();
+
+    let slices: Vec<&EndpointSliceInfo> = slices
+        .into_iter()
+        .filter(|s| s.namespace == svc.namespace && s.service == svc.name)
+        .collect();
+    let mut backends = Vec::new();
+    for sp in &svc.ports {
+        let mut ready = Vec::new();
+        let mut terminating = Vec::new();
+        for slice in &slices {
+            for ep_port in slice
+                .ports
+                .iter()
+                .filter(|ep| ep.name == sp.name && ep.protocol == sp.protocol)
+            {
+                for ep in &slice.endpoints {
+                    let into = if ep.ready {
+                        &mut ready
+                    } else if ep.serving && ep.terminating {
+                        &mut terminating
+                    } else {
+                        continue;
+                    };
+                    for addr in &ep.addresses {
+                        into.push(BackendIntent {
+                            addr: *addr,
+                            port: ep_port.port,
+                            protocol: sp.protocol,
+                            port_name: sp.name.clone(),
+                            node: ep.node_name.clone(),
+                            terminating: !ep.ready,
+                            host_network: cx.node_ips.contains(addr),
+                        });
+                    }
+                }
+            }
+        }
+        backends.extend(if ready.is_empty() { terminating } else { ready });
+    }
+    backends.sort();
+    backends.dedup();
+
+    let dp = cx.datapath;
+    Some(ServiceIntent {
+        name: svc.service_name(),
+        frontends,
+        backends,
+        external_traffic_local: svc.external_traffic_local,
+        internal_traffic_local: svc.internal_traffic_local,
+        session_affinity_timeout: svc.session_affinity_timeout,
+        mode: match svc.forwarding_mode {
+            Some(m) if dp.mode_annotation => m,
+            _ => dp.lb_mode,
+        },
+        algorithm: match svc.algorithm {
+            Some(a) if dp.algorithm_annotation => a,
+            _ => dp.lb_algorithm,
+        },
+    })
+}
+
+/// Every node's `InternalIP`.
+pub fn node_ips(cluster: &crate::ClusterState) -> HashSet<Ipv4Addr> {
+    cluster.nodes.iter().map(|n| n.internal_ip).collect()
+}
+
+/// The EndpointSlices of each Service, by Service name. Of two slices with one `namespace/name`
+/// the later stands.
+pub fn slices_by_service(
+    slices: &[EndpointSliceInfo],
+) -> HashMap<ServiceName, Vec<&EndpointSliceInfo>> {
+    let mut latest: HashMap<(&str, &str), &EndpointSliceInfo> = HashMap::new();
+    for s in slices {
+        latest.insert((&s.namespace, &s.name), s);
+    }
+    let mut m: HashMap<ServiceName, Vec<&EndpointSliceInfo>> = HashMap::new();
+    for s in latest.into_values() {
+        m.entry(ServiceName::new(&s.namespace, &s.service))
+            .or_default()
+            .push(s);
+    }
+    m
+}
+
+/// Every load-balanced Service of the cluster (the same for every node). Of two Services with one
+/// name the later in `cluster.services` stands.
+pub fn services(cluster: &crate::ClusterState) -> ServiceMap {
+    let ips = node_ips(cluster);
+    let cx = ServiceContext {
+        datapath: &cluster.datapath,
+        node_ips: &ips,
+    };
+    let by_service = slices_by_service(&cluster.endpoint_slices);
+    let mut latest: HashMap<ServiceName, &ServiceInfo> = HashMap::new();
+    for s in &cluster.services {
+        latest.insert(s.service_name(), s);
+    }
+    latest
+        .into_iter()
+        .filter_map(|(name, svc)| {
+            let slices = by_service.get(&name).map(Vec::as_slice).unwrap_or(&[]);
+            service_intent(svc, slices.iter().copied(), cx)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,13 @@
 
 use std::net::Ipv4Addr;
 
+use std::sync::Arc;
+
 use cilia_model::delta::{Delta, Entry, EntryKey, Kind};
+use cilia_model::service::{
+    Acceleration, BackendIntent, DatapathConfig, FrontendIntent, FrontendKind, LbAlgorithm, LbMode,
+    NoBackendResponse, Protocol, ServiceIntent, ServiceName,
+};
 use cilia_model::{IntentDigest, NodeFacts, RouteIntent, RoutingMode};
 use ipnet::Ipv4Net;
 
@@ -57,6 +63,8 @@ pub fn kind_to_proto(k: Kind) -> v1::Kind {
     match k {
         Kind::Node => v1::Kind::Node,
         Kind::Route => v1::Kind::Route,
+        Kind::Service => v1::Kind::Service,
+        Kind::Datapath => v1::Kind::Datapath,
     }
 }
 
@@ -64,6 +72,8 @@ pub fn kind_from_proto(field: &str, k: i32) -> Result<Kind, ProtoError> {
     match v1::Kind::try_from(k) {
         Ok(v1::Kind::Node) => Ok(Kind::Node),
         Ok(v1::Kind::Route) => Ok(Kind::Route),
+        Ok(v1::Kind::Service) => Ok(Kind::Service),
+        Ok(v1::Kind::Datapath) => Ok(Kind::Datapath),
         _ => Err(bad(field, k.to_string(), "unknown kind")),
     }
 }
@@ -75,10 +85,401 @@ pub fn key_to_proto(k: &EntryKey) -> v1::EntryKey {
     }
 }
 
+/// Validates a received key: a Service key is `namespace/name` of two DNS labels, a datapath key
+/// is empty.
 pub fn key_from_proto(field: &str, k: &v1::EntryKey) -> Result<EntryKey, ProtoError> {
+    let kind = kind_from_proto(&format!("{field}.kind"), k.kind)?;
+    let kf = || format!("{field}.key");
+    match kind {
+        Kind::Service => {
+            let whole = |_| bad(&kf(), truncated(&k.key), "not namespace/name (DNS labels)");
+            let Some((ns, name)) = k.key.split_once('/') else {
+                return Err(whole(()));
+            };
+            dns_label(&kf(), ns).map_err(|_| whole(()))?;
+            dns_label(&kf(), name).map_err(|_| whole(()))?;
+        }
+        Kind::Datapath if !k.key.is_empty() => {
+            return Err(bad(&kf(), truncated(&k.key), "the datapath key is empty"));
+        }
+        _ => {}
+    }
     Ok(EntryKey {
-        kind: kind_from_proto(&format!("{field}.kind"), k.kind)?,
+        kind,
         key: k.key.clone(),
+    })
+}
+
+/// Whether `s` is a DNS label (RFC 1123): what Kubernetes allows as a namespace or Service name.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn dns_label(field: &str, s: &str) -> Result<(), ProtoError> {
+    if is_dns_label(s) {
+        Ok(())
+    } else {
+        Err(bad(field, truncated(s), "not a DNS label (RFC 1123)"))
+    }
+}
+
+fn protocol_to_proto(p: Protocol) -> v1::Protocol {
+    match p {
+        Protocol::Tcp => v1::Protocol::Tcp,
+        Protocol::Udp => v1::Protocol::Udp,
+    }
+}
+
+fn lb_mode_to_proto(m: LbMode) -> v1::LbMode {
+    match m {
+        LbMode::Snat => v1::LbMode::Snat,
+        LbMode::Dsr => v1::LbMode::Dsr,
+        LbMode::Hybrid => v1::LbMode::Hybrid,
+    }
+}
+
+fn lb_mode(field: &str, m: i32) -> Result<LbMode, ProtoError> {
+    match v1::LbMode::try_from(m) {
+        Ok(v1::LbMode::Snat) => Ok(LbMode::Snat),
+        Ok(v1::LbMode::Dsr) => Ok(LbMode::Dsr),
+        Ok(v1::LbMode::Hybrid) => Ok(LbMode::Hybrid),
+        _ => Err(bad(field, m.to_string(), "unknown load-balancing mode")),
+    }
+}
+
+fn lb_algorithm_to_proto(a: LbAlgorithm) -> v1::LbAlgorithm {
+    match a {
+        LbAlgorithm::Random => v1::LbAlgorithm::Random,
+        LbAlgorithm::Maglev => v1::LbAlgorithm::Maglev,
+    }
+}
+
+fn lb_algorithm(field: &str, a: i32) -> Result<LbAlgorithm, ProtoError> {
+    match v1::LbAlgorithm::try_from(a) {
+        Ok(v1::LbAlgorithm::Random) => Ok(LbAlgorithm::Random),
+        Ok(v1::LbAlgorithm::Maglev) => Ok(LbAlgorithm::Maglev),
+        _ => Err(bad(
+            field,
+            a.to_string(),
+            "unknown load-balancing algorithm",
+        )),
+    }
+}
+
+pub fn service_to_proto(s: &ServiceIntent) -> v1::Service {
+    v1::Service {
+        namespace: s.name.namespace.clone(),
+        name: s.name.name.clone(),
+        frontends: s
+            .frontends
+            .iter()
+            .map(|f| v1::Frontend {
+                kind: match f.kind {
+                    FrontendKind::ClusterIp => v1::FrontendKind::ClusterIp,
+                    FrontendKind::NodePort => v1::FrontendKind::NodePort,
+                    FrontendKind::LoadBalancer => v1::FrontendKind::LoadBalancer,
+                    FrontendKind::ExternalIp => v1::FrontendKind::ExternalIp,
+                } as i32,
+                addr: f.addr.map(|a| a.to_string()).unwrap_or_default(),
+                port: f.port.into(),
+                protocol: protocol_to_proto(f.protocol) as i32,
+                port_name: f.port_name.clone(),
+            })
+            .collect(),
+        backends: s
+            .backends
+            .iter()
+            .map(|b| v1::Backend {
+                addr: b.addr.to_string(),
+                port: b.port.into(),
+                protocol: protocol_to_proto(b.protocol) as i32,
+                port_name: b.port_name.clone(),
+                node: b.node.clone().unwrap_or_default(),
+                terminating: b.terminating,
+                host_network: b.host_network,
+            })
+            .collect(),
+        external_traffic_local: s.external_traffic_local,
+        internal_traffic_local: s.internal_traffic_local,
+        session_affinity_timeout: s.session_affinity_timeout,
+        mode: lb_mode_to_proto(s.mode) as i32,
+        algorithm: lb_algorithm_to_proto(s.algorithm) as i32,
+    }
+}
+
+/// The longest `sessionAffinityConfig.clientIP.timeoutSeconds` Kubernetes allows (one day).
+pub const MAX_SESSION_AFFINITY_TIMEOUT: u32 = 86_400;
+
+/// Validates a received Service; `field` names where it sat (e.g. `delta.upserts[3].service`).
+/// Frontends and backends come out sorted; a duplicate is refused. Field paths are only spelled
+/// out for an error: a snapshot holds thousands of these.
+pub fn service_from_proto(field: &str, s: &v1::Service) -> Result<ServiceIntent, ProtoError> {
+    dns_label(&format!("{field}.namespace"), &s.namespace)?;
+    dns_label(&format!("{field}.name"), &s.name)?;
+    let fe_err = |i: usize, what: &str, value: String, reason: &str| {
+        bad(&format!("{field}.frontends[{i}].{what}"), value, reason)
+    };
+    let mut frontends = Vec::with_capacity(s.frontends.len());
+    for (i, f) in s.frontends.iter().enumerate() {
+        let kind = match v1::FrontendKind::try_from(f.kind) {
+            Ok(v1::FrontendKind::ClusterIp) => FrontendKind::ClusterIp,
+            Ok(v1::FrontendKind::NodePort) => FrontendKind::NodePort,
+            Ok(v1::FrontendKind::LoadBalancer) => FrontendKind::LoadBalancer,
+            Ok(v1::FrontendKind::ExternalIp) => FrontendKind::ExternalIp,
+            _ => {
+                return Err(fe_err(
+                    i,
+                    "kind",
+                    f.kind.to_string(),
+                    "unknown frontend kind",
+                ));
+            }
+        };
+        let addr = match (kind, f.addr.as_str()) {
+            (FrontendKind::NodePort, "") => None,
+            (FrontendKind::NodePort, a) => {
+                return Err(fe_err(
+                    i,
+                    "addr",
+                    truncated(a),
+                    "a NodePort frontend has no address",
+                ));
+            }
+            (_, a) => Some(
+                a.parse::<Ipv4Addr>()
+                    .map_err(|_| fe_err(i, "addr", truncated(a), "not an IPv4 address"))?,
+            ),
+        };
+        frontends.push(FrontendIntent {
+            kind,
+            addr,
+            port: valid_port(f.port)
+                .ok_or_else(|| fe_err(i, "port", f.port.to_string(), PORT_RANGE))?,
+            protocol: valid_protocol(f.protocol)
+                .ok_or_else(|| fe_err(i, "protocol", f.protocol.to_string(), "unknown protocol"))?,
+            port_name: if is_port_name(&f.port_name) {
+                f.port_name.clone()
+            } else {
+                return Err(fe_err(
+                    i,
+                    "port_name",
+                    truncated(&f.port_name),
+                    NOT_PORT_NAME,
+                ));
+            },
+        });
+    }
+    let be_err = |i: usize, what: &str, value: String, reason: &str| {
+        bad(&format!("{field}.backends[{i}].{what}"), value, reason)
+    };
+    let mut backends = Vec::with_capacity(s.backends.len());
+    for (i, b) in s.backends.iter().enumerate() {
+        backends.push(BackendIntent {
+            addr: b
+                .addr
+                .parse()
+                .map_err(|_| be_err(i, "addr", truncated(&b.addr), "not an IPv4 address"))?,
+            port: valid_port(b.port)
+                .ok_or_else(|| be_err(i, "port", b.port.to_string(), PORT_RANGE))?,
+            protocol: valid_protocol(b.protocol)
+                .ok_or_else(|| be_err(i, "protocol", b.protocol.to_string(), "unknown protocol"))?,
+            port_name: if is_port_name(&b.port_name) {
+                b.port_name.clone()
+            } else {
+                return Err(be_err(
+                    i,
+                    "port_name",
+                    truncated(&b.port_name),
+                    NOT_PORT_NAME,
+                ));
+            },
+            node: match b.node.as_str() {
+                "" => None,
+                n if is_node_name(n) => Some(n.to_string()),
+                n => {
+                    return Err(be_err(
+                        i,
+                        "node",
+                        truncated(n),
+                        "not a node name (RFC 1123 subdomain)",
+                    ));
+                }
+            },
+            terminating: b.terminating,
+            host_network: b.host_network,
+        });
+    }
+    let session_affinity_timeout = match s.session_affinity_timeout {
+        Some(t) if t == 0 || t > MAX_SESSION_AFFINITY_TIMEOUT => {
+            return Err(bad(
+                &format!("{field}.session_affinity_timeout"),
+                t.to_string(),
+                "not 1-86400 seconds",
+            ));
+        }
+        t => t,
+    };
+    Ok(ServiceIntent {
+        name: ServiceName::new(&s.namespace, &s.name),
+        frontends: sorted_unique(field, "frontends", frontends)?,
+        backends: sorted_unique(field, "backends", backends)?,
+        external_traffic_local: s.external_traffic_local,
+        internal_traffic_local: s.internal_traffic_local,
+        session_affinity_timeout,
+        mode: lb_mode(&format!("{field}.mode"), s.mode)?,
+        algorithm: lb_algorithm(&format!("{field}.algorithm"), s.algorithm)?,
+    })
+}
+
+const PORT_RANGE: &str = "not a port (1-65535)";
+const NOT_PORT_NAME: &str = "not a port name (empty or a DNS label)";
+
+fn valid_port(p: u32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+fn valid_protocol(p: i32) -> Option<Protocol> {
+    match v1::Protocol::try_from(p) {
+        Ok(v1::Protocol::Tcp) => Some(Protocol::Tcp),
+        Ok(v1::Protocol::Udp) => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+fn is_port_name(s: &str) -> bool {
+    s.is_empty() || is_dns_label(s)
+}
+
+/// Sorts `v`; refuses a list that names one item twice.
+fn sorted_unique<T: Ord + std::fmt::Debug>(
+    field: &str,
+    list: &str,
+    mut v: Vec<T>,
+) -> Result<Vec<T>, ProtoError> {
+    if !v.is_sorted() {
+        v.sort();
+    }
+    if let Some(w) = v.windows(2).find(|w| w[0] == w[1]) {
+        return Err(bad(
+            &format!("{field}.{list}"),
+            format!("{:?}", w[0]),
+            "listed twice",
+        ));
+    }
+    Ok(v)
+}
+
+pub fn datapath_to_proto(d: &DatapathConfig) -> v1::DatapathConfig {
+    v1::DatapathConfig {
+        kube_proxy_replacement: d.kube_proxy_replacement,
+        lb_mode: lb_mode_to_proto(d.lb_mode) as i32,
+        lb_algorithm: lb_algorithm_to_proto(d.lb_algorithm) as i32,
+        acceleration: match d.acceleration {
+            Acceleration::Native => v1::Acceleration::Native,
+            Acceleration::BestEffort => v1::Acceleration::BestEffort,
+            Acceleration::Disabled => v1::Acceleration::Disabled,
+            Acceleration::TestingOnly => v1::Acceleration::TestingOnly,
+        } as i32,
+        maglev_table_size: d.maglev_table_size,
+        no_backend_response: match d.no_backend_response {
+            NoBackendResponse::Drop => v1::NoBackendResponse::Drop,
+            NoBackendResponse::Reject => v1::NoBackendResponse::Reject,
+        } as i32,
+        mode_annotation: d.mode_annotation,
+        algorithm_annotation: d.algorithm_annotation,
+        masquerade: d.masquerade,
+        bpf_masquerade: d.bpf_masquerade,
+        ip_masq_agent: d.ip_masq_agent,
+        non_masquerade_cidrs: d
+            .non_masquerade_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        masq_link_local: d.masq_link_local,
+        l2_announcements: d.l2_announcements,
+        policy_audit_mode: d.policy_audit_mode,
+        devices: d.devices.clone(),
+    }
+}
+
+/// Validates received datapath settings; `field` names where they sat.
+pub fn datapath_from_proto(
+    field: &str,
+    d: &v1::DatapathConfig,
+) -> Result<DatapathConfig, ProtoError> {
+    let f = |name: &str| format!("{field}.{name}");
+    if d.maglev_table_size == 0 {
+        return Err(bad(
+            &f("maglev_table_size"),
+            "0",
+            "the Maglev table needs entries",
+        ));
+    }
+    let mut devices = Vec::with_capacity(d.devices.len());
+    for (i, dev) in d.devices.iter().enumerate() {
+        // IFNAMSIZ - 1, and what the kernel refuses in a name.
+        if dev.is_empty()
+            || dev.len() > 15
+            || dev.contains(['/', ':'])
+            || dev.chars().any(char::is_whitespace)
+        {
+            return Err(bad(
+                &f(&format!("devices[{i}]")),
+                truncated(dev),
+                "not a device name",
+            ));
+        }
+        devices.push(dev.clone());
+    }
+    Ok(DatapathConfig {
+        kube_proxy_replacement: d.kube_proxy_replacement,
+        lb_mode: lb_mode(&f("lb_mode"), d.lb_mode)?,
+        lb_algorithm: lb_algorithm(&f("lb_algorithm"), d.lb_algorithm)?,
+        acceleration: match v1::Acceleration::try_from(d.acceleration) {
+            Ok(v1::Acceleration::Native) => Acceleration::Native,
+            Ok(v1::Acceleration::BestEffort) => Acceleration::BestEffort,
+            Ok(v1::Acceleration::Disabled) => Acceleration::Disabled,
+            Ok(v1::Acceleration::TestingOnly) => Acceleration::TestingOnly,
+            _ => {
+                return Err(bad(
+                    &f("acceleration"),
+                    d.acceleration.to_string(),
+                    "unknown acceleration",
+                ));
+            }
+        },
+        maglev_table_size: d.maglev_table_size,
+        no_backend_response: match v1::NoBackendResponse::try_from(d.no_backend_response) {
+            Ok(v1::NoBackendResponse::Drop) => NoBackendResponse::Drop,
+            Ok(v1::NoBackendResponse::Reject) => NoBackendResponse::Reject,
+            _ => {
+                return Err(bad(
+                    &f("no_backend_response"),
+                    d.no_backend_response.to_string(),
+                    "unknown no-backend response",
+                ));
+            }
+        },
+        mode_annotation: d.mode_annotation,
+        algorithm_annotation: d.algorithm_annotation,
+        masquerade: d.masquerade,
+        bpf_masquerade: d.bpf_masquerade,
+        ip_masq_agent: d.ip_masq_agent,
+        non_masquerade_cidrs: d
+            .non_masquerade_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cidr(&f(&format!("non_masquerade_cidrs[{i}]")), c))
+            .collect::<Result<_, _>>()?,
+        masq_link_local: d.masq_link_local,
+        l2_announcements: d.l2_announcements,
+        policy_audit_mode: d.policy_audit_mode,
+        devices,
     })
 }
 
@@ -102,6 +503,8 @@ pub fn entry_to_proto(e: &Entry) -> v1::Entry {
             dst: r.dst.to_string(),
             via: r.via.to_string(),
         }),
+        Entry::Service(s) => E::Service(service_to_proto(s)),
+        Entry::Datapath(d) => E::Datapath(datapath_to_proto(d)),
     };
     v1::Entry { entry: Some(inner) }
 }
@@ -140,6 +543,14 @@ pub fn entry_from_proto(field: &str, e: &v1::Entry) -> Result<Entry, ProtoError>
             dst: cidr(&format!("{field}.route.dst"), &r.dst)?,
             via: ip(&format!("{field}.route.via"), &r.via)?,
         })),
+        Some(E::Service(s)) => Ok(Entry::Service(Arc::new(service_from_proto(
+            &format!("{field}.service"),
+            s,
+        )?))),
+        Some(E::Datapath(d)) => Ok(Entry::Datapath(datapath_from_proto(
+            &format!("{field}.datapath"),
+            d,
+        )?)),
     }
 }
 
@@ -169,11 +580,26 @@ pub fn delta_from_proto(d: &v1::Delta) -> Result<Delta, ProtoError> {
     })
 }
 
+/// The whole intent as one message: the entries of `intent.entries()` (in no particular order:
+/// walking the intent directly spares building that keyed map for 10,000 Services).
 pub fn snapshot_to_proto(version: u64, intent: &cilia_model::NodeIntent) -> v1::Snapshot {
-    v1::Snapshot {
-        version,
-        entries: intent.entries().values().map(entry_to_proto).collect(),
+    let mut entries = Vec::with_capacity(intent.routes.len() + intent.services.len() + 2);
+    entries.push(entry_to_proto(&Entry::Node(intent.facts())));
+    let mut routes = intent.routes.iter().peekable();
+    while let Some(r) = routes.next() {
+        // Keyed by destination: of two routes to one destination the later stands.
+        if routes.peek().is_some_and(|n| n.dst == r.dst) {
+            continue;
+        }
+        entries.push(entry_to_proto(&Entry::Route(*r)));
     }
+    for s in intent.services.values() {
+        entries.push(v1::Entry {
+            entry: Some(v1::entry::Entry::Service(service_to_proto(s))),
+        });
+    }
+    entries.push(entry_to_proto(&Entry::Datapath(intent.datapath.clone())));
+    v1::Snapshot { version, entries }
 }
 
 pub fn snapshot_from_proto(s: &v1::Snapshot) -> Result<cilia_model::NodeIntent, ProtoError> {
@@ -199,18 +625,7 @@ const MAX_REASON_LEN: usize = 4096;
 
 /// A Kubernetes Node name: a DNS subdomain (RFC 1123), as the API server enforces.
 pub fn node_name(field: &str, s: &str) -> Result<String, ProtoError> {
-    let ok = !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    if ok {
+    if is_node_name(s) {
         Ok(s.to_string())
     } else {
         Err(bad(
@@ -219,6 +634,10 @@ pub fn node_name(field: &str, s: &str) -> Result<String, ProtoError> {
             "not a node name (RFC 1123 subdomain)",
         ))
     }
+}
+
+fn is_node_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn truncated(s: &str) -> String {
@@ -659,5 +1078,295 @@ mod tests {
         };
         let err = snapshot_from_proto(&s).unwrap_err();
         assert_eq!(err.field, "snapshot.entries[1]");
+    }
+
+    fn web() -> ServiceIntent {
+        ServiceIntent {
+            name: ServiceName::new("default", "web"),
+            frontends: vec![
+                FrontendIntent {
+                    kind: FrontendKind::ClusterIp,
+                    addr: Some(Ipv4Addr::new(10, 96, 0, 10)),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    port_name: "http".into(),
+                },
+                FrontendIntent {
+                    kind: FrontendKind::NodePort,
+                    addr: None,
+                    port: 30080,
+                    protocol: Protocol::Tcp,
+                    port_name: "http".into(),
+                },
+                FrontendIntent {
+                    kind: FrontendKind::LoadBalancer,
+                    addr: Some(Ipv4Addr::new(198, 51, 100, 7)),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    port_name: "http".into(),
+                },
+                FrontendIntent {
+                    kind: FrontendKind::ExternalIp,
+                    addr: Some(Ipv4Addr::new(192, 0, 2, 9)),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                    port_name: String::new(),
+                },
+            ],
+            backends: vec![
+                BackendIntent {
+                    addr: Ipv4Addr::new(10, 244, 1, 5),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                    port_name: "http".into(),
+                    node: Some("worker".into()),
+                    terminating: false,
+                    host_network: false,
+                },
+                BackendIntent {
+                    addr: Ipv4Addr::new(172, 18, 0, 4),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                    port_name: "http".into(),
+                    node: None,
+                    terminating: true,
+                    host_network: true,
+                },
+            ],
+            external_traffic_local: true,
+            internal_traffic_local: false,
+            session_affinity_timeout: Some(10800),
+            mode: LbMode::Dsr,
+            algorithm: LbAlgorithm::Maglev,
+        }
+    }
+
+    fn datapath() -> DatapathConfig {
+        DatapathConfig {
+            kube_proxy_replacement: true,
+            lb_mode: LbMode::Hybrid,
+            lb_algorithm: LbAlgorithm::Maglev,
+            acceleration: Acceleration::BestEffort,
+            maglev_table_size: 65521,
+            no_backend_response: NoBackendResponse::Drop,
+            mode_annotation: true,
+            algorithm_annotation: true,
+            masquerade: true,
+            bpf_masquerade: true,
+            ip_masq_agent: true,
+            non_masquerade_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            masq_link_local: true,
+            l2_announcements: true,
+            policy_audit_mode: true,
+            devices: vec!["eth0".into()],
+        }
+    }
+
+    // Services (every frontend kind, terminating and host-network backends, affinity) and the
+    // datapath settings survive the wire unchanged, as entries and inside a snapshot.
+    #[test]
+    fn services_and_datapath_round_trip() {
+        for e in [
+            Entry::Service(Arc::new(web())),
+            Entry::Datapath(datapath()),
+            Entry::Datapath(DatapathConfig::default()),
+        ] {
+            assert_eq!(entry_from_proto("e", &entry_to_proto(&e)).unwrap(), e);
+        }
+        let mut s = web();
+        s.session_affinity_timeout = None;
+        let e = Entry::Service(Arc::new(s));
+        assert_eq!(entry_from_proto("e", &entry_to_proto(&e)).unwrap(), e);
+
+        let mut intent = cilia_model::NodeIntent::from_facts(facts(), Default::default());
+        intent.services.insert(web());
+        intent.datapath = datapath();
+        let back = snapshot_from_proto(&snapshot_to_proto(3, &intent)).unwrap();
+        assert_eq!(back, intent);
+        assert_eq!(back.digest(), intent.digest());
+        for k in [
+            EntryKey {
+                kind: Kind::Service,
+                key: "default/web".into(),
+            },
+            EntryKey {
+                kind: Kind::Datapath,
+                key: String::new(),
+            },
+        ] {
+            assert_eq!(key_from_proto("k", &key_to_proto(&k)).unwrap(), k);
+        }
+    }
+
+    // Frontends and backends arrive sorted whatever order they were sent in.
+    #[test]
+    fn received_lists_are_sorted() {
+        let mut p = service_to_proto(&web());
+        p.frontends.reverse();
+        p.backends.reverse();
+        assert_eq!(service_from_proto("s", &p).unwrap(), web());
+    }
+
+    // Every bad field of a Service, the datapath settings or a key is refused naming the field and
+    // the value; nothing panics.
+    #[test]
+    fn bad_service_and_datapath_fields_are_named() {
+        type Edit = Box<dyn Fn(&mut v1::Service)>;
+        let cases: Vec<(Edit, &str, &str)> = vec![
+            (
+                Box::new(|s| s.namespace = "Default".into()),
+                "s.namespace",
+                "Default",
+            ),
+            (Box::new(|s| s.name = String::new()), "s.name", ""),
+            (Box::new(|s| s.name = "a/b".into()), "s.name", "a/b"),
+            (
+                Box::new(|s| s.frontends[0].kind = 9),
+                "s.frontends[0].kind",
+                "9",
+            ),
+            (
+                Box::new(|s| s.frontends[0].addr = "10.96.0.300".into()),
+                "s.frontends[0].addr",
+                "10.96.0.300",
+            ),
+            (
+                Box::new(|s| s.frontends[0].addr = String::new()),
+                "s.frontends[0].addr",
+                "",
+            ),
+            (
+                Box::new(|s| s.frontends[1].addr = "10.0.0.1".into()),
+                "s.frontends[1].addr",
+                "10.0.0.1",
+            ),
+            (
+                Box::new(|s| s.frontends[0].port = 0),
+                "s.frontends[0].port",
+                "0",
+            ),
+            (
+                Box::new(|s| s.frontends[0].port = 70000),
+                "s.frontends[0].port",
+                "70000",
+            ),
+            (
+                Box::new(|s| s.frontends[0].protocol = 0),
+                "s.frontends[0].protocol",
+                "0",
+            ),
+            (
+                Box::new(|s| s.frontends[0].port_name = "HTTP".into()),
+                "s.frontends[0].port_name",
+                "HTTP",
+            ),
+            (
+                Box::new(|s| s.backends[1].addr = "x".into()),
+                "s.backends[1].addr",
+                "x",
+            ),
+            (
+                Box::new(|s| s.backends[0].port = 65536),
+                "s.backends[0].port",
+                "65536",
+            ),
+            (
+                Box::new(|s| s.backends[0].node = "Bad_Node".into()),
+                "s.backends[0].node",
+                "Bad_Node",
+            ),
+            (
+                Box::new(|s| s.session_affinity_timeout = Some(0)),
+                "s.session_affinity_timeout",
+                "0",
+            ),
+            (
+                Box::new(|s| s.session_affinity_timeout = Some(86401)),
+                "s.session_affinity_timeout",
+                "86401",
+            ),
+            (Box::new(|s| s.mode = 0), "s.mode", "0"),
+            (Box::new(|s| s.algorithm = 7), "s.algorithm", "7"),
+        ];
+        for (edit, field, value) in cases {
+            let mut p = service_to_proto(&web());
+            edit(&mut p);
+            let e = service_from_proto("s", &p).unwrap_err();
+            assert_eq!((e.field.as_str(), e.value.as_str()), (field, value), "{e}");
+        }
+        let mut p = service_to_proto(&web());
+        p.backends.push(p.backends[0].clone());
+        assert_eq!(service_from_proto("s", &p).unwrap_err().field, "s.backends");
+
+        type DpEdit = Box<dyn Fn(&mut v1::DatapathConfig)>;
+        let cases: Vec<(DpEdit, &str, &str)> = vec![
+            (Box::new(|d| d.lb_mode = 0), "d.lb_mode", "0"),
+            (Box::new(|d| d.lb_algorithm = 3), "d.lb_algorithm", "3"),
+            (Box::new(|d| d.acceleration = 0), "d.acceleration", "0"),
+            (
+                Box::new(|d| d.no_backend_response = 5),
+                "d.no_backend_response",
+                "5",
+            ),
+            (
+                Box::new(|d| d.maglev_table_size = 0),
+                "d.maglev_table_size",
+                "0",
+            ),
+            (
+                Box::new(|d| d.non_masquerade_cidrs.push("10.1.2.3/8".into())),
+                "d.non_masquerade_cidrs[1]",
+                "10.1.2.3/8",
+            ),
+            (
+                Box::new(|d| d.devices.push("eth0/1".into())),
+                "d.devices[1]",
+                "eth0/1",
+            ),
+            (
+                Box::new(|d| d.devices.push("a-very-long-device-name".into())),
+                "d.devices[1]",
+                "a-very-long-device-name",
+            ),
+        ];
+        for (edit, field, value) in cases {
+            let mut p = datapath_to_proto(&datapath());
+            edit(&mut p);
+            let e = datapath_from_proto("d", &p).unwrap_err();
+            assert_eq!((e.field.as_str(), e.value.as_str()), (field, value), "{e}");
+        }
+
+        let key = |kind: v1::Kind, key: &str| v1::EntryKey {
+            kind: kind as i32,
+            key: key.into(),
+        };
+        for (k, value) in [
+            (key(v1::Kind::Service, "web"), "web"),
+            (key(v1::Kind::Service, "/web"), "/web"),
+            (key(v1::Kind::Service, "default/Web"), "default/Web"),
+            (key(v1::Kind::Datapath, "x"), "x"),
+        ] {
+            let e = key_from_proto("delta.deletes[0]", &k).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.value.as_str()),
+                ("delta.deletes[0].key", value),
+                "{e}"
+            );
+        }
+        // Inside a delta the path is complete.
+        let mut p = service_to_proto(&web());
+        p.backends[0].port = 0;
+        let d = v1::Delta {
+            version: 2,
+            base_version: 1,
+            upserts: vec![v1::Entry {
+                entry: Some(v1::entry::Entry::Service(p)),
+            }],
+            deletes: vec![],
+        };
+        assert_eq!(
+            delta_from_proto(&d).unwrap_err().field,
+            "delta.upserts[0].service.backends[0].port"
+        );
     }
 }

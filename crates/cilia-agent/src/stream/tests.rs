@@ -108,13 +108,96 @@ fn unusable_updates_ask_for_a_resync_with_the_reason() {
     assert!(reason(on_update(NODE, Some(&h1), &v1::IntentUpdate { msg: None })).contains("msg"));
 }
 
+/// `lab()` with one Service `default/web` whose one endpoint is at `10.244.1.<ip>`, and the given
+/// masquerade setting.
+fn lab_with_web(ip: u8, masquerade: bool) -> ClusterState {
+    use cilia_model::service::*;
+    let mut c = lab();
+    c.services.push(ServiceInfo {
+        namespace: "default".into(),
+        name: "web".into(),
+        service_type: ServiceType::NodePort,
+        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        ports: vec![ServicePortInfo {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: Some(30080),
+            target_port: None,
+        }],
+        external_traffic_local: true,
+        internal_traffic_local: false,
+        session_affinity_timeout: None,
+        load_balancer_class: None,
+        forwarding_mode: None,
+        algorithm: None,
+        labels: Default::default(),
+    });
+    c.endpoint_slices.push(EndpointSliceInfo {
+        namespace: "default".into(),
+        name: "web-1".into(),
+        service: "web".into(),
+        endpoints: vec![EndpointInfo {
+            addresses: vec![Ipv4Addr::new(10, 244, 1, ip)],
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: Some(NODE.into()),
+        }],
+        ports: vec![EndpointPortInfo {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
+    });
+    c.datapath.masquerade = masquerade;
+    c
+}
+
+// Services and datapath settings arrive like routes: in the snapshot, then as deltas of only the
+// changed Service or setting; a Service that goes away is deleted.
+#[test]
+fn services_and_datapath_settings_follow_deltas() {
+    let states = [
+        lab_with_web(5, false),
+        lab_with_web(6, false),
+        lab_with_web(6, true),
+        {
+            let mut c = lab();
+            c.datapath.masquerade = true;
+            c
+        },
+    ];
+    let first = node_intent(&states[0], NODE).unwrap();
+    assert_eq!(first.services.len(), 1);
+    let Step::Hold(mut h) = on_update(NODE, None, &snapshot_update(1, &first)) else {
+        panic!("held")
+    };
+    let mut prev = first;
+    for (v, c) in states.iter().enumerate().skip(1) {
+        let next = node_intent(c, NODE).unwrap();
+        let d = cilia_model::delta::diff(&prev, &next);
+        assert_eq!(d.upserts.len() + d.deletes.len(), 1, "one entry: {d:?}");
+        let v = v as u64 + 1;
+        let Step::Hold(n) = on_update(NODE, Some(&h), &delta_update(v, v - 1, &d)) else {
+            panic!("held")
+        };
+        assert_eq!(n, HeldIntent::new(v, next.clone()));
+        h = n;
+        prev = next;
+    }
+    assert!(h.intent.services.is_empty() && h.intent.datapath.masquerade);
+}
+
 // The held intent survives a restart through the state directory, and a tampered file is not
 // trusted.
 #[test]
 fn held_intent_round_trips_through_the_state_dir() {
     let dir = tempfile::tempdir().unwrap();
     assert!(HeldIntent::load(dir.path()).is_none());
-    let h = held(4, &lab());
+    let h = held(4, &lab_with_web(5, true));
     h.store(dir.path()).unwrap();
     assert_eq!(HeldIntent::load(dir.path()), Some(h.clone()));
     let path = dir.path().join(HELD_INTENT_FILE);

@@ -1,11 +1,14 @@
-//! The intent index: every node's current `NodeIntent` and its version, recomputed from each new
-//! `ClusterState` and published per node through a `watch` channel. Synchronous and free of I/O;
-//! the gRPC streams only forward what their node's receiver shows.
+//! The intent index: every node's current `NodeIntent` and its version, brought up to date from each
+//! new `ClusterState` by `cilia_model::incremental` (only what changed is recomputed; Services are
+//! computed once and shared by every node) and published per node through a `watch` channel — only
+//! to the nodes whose intent changed. Synchronous and free of I/O; the gRPC streams only forward
+//! what their node's receiver shows.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cilia_model::{ClusterState, IntentDigest, NodeIntent, node_intent};
+use cilia_model::incremental::ClusterIntents;
+use cilia_model::{ClusterState, IntentDigest, NodeIntent};
 use tokio::sync::watch;
 
 /// The index shared by the cluster feeder and the streams; held only for short synchronous calls.
@@ -14,14 +17,15 @@ pub type SharedIndex = Arc<Mutex<IntentIndex>>;
 /// A published intent. Its digest is computed on first use (a hello), not on every change.
 #[derive(Debug)]
 pub struct Published {
-    pub intent: NodeIntent,
+    /// Shared with the index's own copy; its Services are shared with every other node's.
+    pub intent: Arc<NodeIntent>,
     digest: OnceLock<IntentDigest>,
 }
 
 impl Published {
-    pub fn new(intent: NodeIntent) -> Arc<Self> {
+    pub fn new(intent: impl Into<Arc<NodeIntent>>) -> Arc<Self> {
         Arc::new(Published {
-            intent,
+            intent: intent.into(),
             digest: OnceLock::new(),
         })
     }
@@ -51,6 +55,7 @@ pub struct Sent {
 #[derive(Default)]
 pub struct IntentIndex {
     nodes: BTreeMap<String, watch::Sender<NodeView>>,
+    intents: ClusterIntents,
 }
 
 impl IntentIndex {
@@ -62,43 +67,72 @@ impl IntentIndex {
         Arc::new(Mutex::new(Self::new()))
     }
 
-    /// Recomputes every node's intent from `cluster` and publishes those that changed (a node that
-    /// left publishes "no intent"). Returns the nodes whose view changed, by name.
+    /// Brings every node's intent up to `cluster` (the whole state, as the watchers and the cluster
+    /// file give it) and publishes those that changed; a node that left publishes "no intent".
+    /// Only what differs from the previous state is recomputed. Returns the nodes whose view
+    /// changed, by name.
     pub fn apply(&mut self, cluster: &ClusterState) -> Vec<String> {
+        let changes = self.intents.update(cluster);
         let mut changed = Vec::new();
-        let present: std::collections::HashSet<&str> =
-            cluster.nodes.iter().map(|n| n.name.as_str()).collect();
-        for n in &cluster.nodes {
-            let Ok(intent) = node_intent(cluster, &n.name) else {
-                continue;
-            };
+        for name in changes.nodes {
+            let intent = self
+                .intents
+                .intent(&name)
+                .expect("changed nodes have intents");
             let tx = self
                 .nodes
-                .entry(n.name.clone())
+                .entry(name.clone())
                 .or_insert_with(|| watch::Sender::new(NodeView::default()));
             let modified = tx.send_if_modified(|view| {
-                if view.intent.as_ref().is_some_and(|p| p.intent == intent) {
+                // The incremental computation makes a new intent only when it differs.
+                if view
+                    .intent
+                    .as_ref()
+                    .is_some_and(|p| Arc::ptr_eq(&p.intent, intent))
+                {
                     return false;
                 }
                 view.version += 1;
-                view.intent = Some(Published::new(intent));
+                view.intent = Some(Published::new(intent.clone()));
                 true
             });
             if modified {
-                changed.push(n.name.clone());
+                changed.push(name);
             }
         }
+        let current = self.intents.intents();
+        // A node that came back with the intent it had before still needs republishing: it
+        // published "no intent" when it left.
         for (name, tx) in &self.nodes {
-            if !present.contains(name.as_str())
-                && tx.send_if_modified(|v| v.intent.take().is_some())
-            {
+            let Some(intent) = current.get(name) else {
+                if tx.send_if_modified(|v| v.intent.take().is_some()) {
+                    changed.push(name.clone());
+                }
+                continue;
+            };
+            if tx.borrow().intent.is_none() {
+                tx.send_modify(|v| {
+                    v.version += 1;
+                    v.intent = Some(Published::new(intent.clone()));
+                });
+                changed.push(name.clone());
+            }
+        }
+        for name in current.keys() {
+            if !self.nodes.contains_key(name) {
+                let tx = watch::Sender::new(NodeView {
+                    version: 1,
+                    intent: Some(Published::new(current[name].clone())),
+                });
+                self.nodes.insert(name.clone(), tx);
                 changed.push(name.clone());
             }
         }
         // Forget nodes that left and have no agent listening; their numbering can start afresh.
         self.nodes
-            .retain(|name, tx| present.contains(name.as_str()) || tx.receiver_count() > 0);
+            .retain(|name, tx| current.contains_key(name) || tx.receiver_count() > 0);
         changed.sort();
+        changed.dedup();
         changed
     }
 

@@ -5,6 +5,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cilia_model::service::{
+    EndpointInfo, EndpointPortInfo, EndpointSliceInfo, Protocol, ServiceInfo, ServicePortInfo,
+    ServiceType,
+};
 use cilia_model::{ClusterState, NodeInfo, RoutingConfig, RoutingMode, node_intent};
 use cilia_proto::v1::intent_service_client::IntentServiceClient;
 use cilia_proto::{
@@ -173,13 +177,68 @@ fn resume_compares_digests_not_version_numbers() {
     ));
 }
 
+fn mk_service(name: &str, ip: u8) -> ServiceInfo {
+    ServiceInfo {
+        namespace: "default".into(),
+        name: name.into(),
+        service_type: ServiceType::ClusterIP,
+        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, ip)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        ports: vec![ServicePortInfo {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            target_port: None,
+        }],
+        external_traffic_local: false,
+        internal_traffic_local: false,
+        session_affinity_timeout: None,
+        load_balancer_class: None,
+        forwarding_mode: None,
+        algorithm: None,
+        labels: Default::default(),
+    }
+}
+
+fn mk_slice(service: &str, endpoints: &[(u8, &str, bool)]) -> EndpointSliceInfo {
+    EndpointSliceInfo {
+        namespace: "default".into(),
+        name: format!("{service}-x"),
+        service: service.into(),
+        endpoints: endpoints
+            .iter()
+            .map(|(ip, node, ready)| EndpointInfo {
+                addresses: vec![Ipv4Addr::new(10, 244, 1, *ip)],
+                ready: *ready,
+                serving: true,
+                terminating: !*ready,
+                node_name: Some((*node).into()),
+            })
+            .collect(),
+        ports: vec![EndpointPortInfo {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
+    }
+}
+
 fn arb_cluster() -> impl Strategy<Value = ClusterState> {
     (
         proptest::collection::vec((0u8..6, 2u8..9, proptest::option::of(0u8..6)), 1..6),
         any::<bool>(),
         any::<bool>(),
+        // Services svc0-svc3 (present or not) with endpoints (address, ready) on worker or n0.
+        proptest::collection::btree_map(
+            0u8..4,
+            proptest::collection::vec((1u8..4, any::<bool>(), any::<bool>()), 0..3),
+            0..4,
+        ),
+        any::<bool>(),
     )
-        .prop_map(|(nodes, native, auto)| {
+        .prop_map(|(nodes, native, auto, services, masquerade)| {
             let mut c = lab();
             // "worker" is always there: it is the node under observation.
             c.nodes = vec![mk_node("worker", 3, Some("10.244.1.0/24"))];
@@ -196,14 +255,26 @@ fn arb_cluster() -> impl Strategy<Value = ClusterState> {
                 RoutingMode::Tunnel
             };
             c.routing.auto_direct_node_routes = auto;
+            for (i, eps) in services {
+                let name = format!("svc{i}");
+                c.services.push(mk_service(&name, i + 1));
+                let eps: Vec<(u8, &str, bool)> = eps
+                    .into_iter()
+                    .map(|(ip, on_worker, ready)| {
+                        (ip, if on_worker { "worker" } else { "n0" }, ready)
+                    })
+                    .collect();
+                c.endpoint_slices.push(mk_slice(&name, &eps));
+            }
+            c.datapath.masquerade = masquerade;
             c
         })
 }
 
 proptest! {
     // Through the wire: the first snapshot and then every delta, each encoded to bytes, decoded
-    // and validated, applied by an agent in turn, equal a fresh snapshot of the last state; the
-    // agent's version equals the node's.
+    // and validated, applied by an agent in turn, equal a fresh snapshot of the last state —
+    // routes, Services and datapath settings; the agent's version equals the node's.
     #[test]
     fn deltas_over_the_wire_equal_a_fresh_snapshot(states in proptest::collection::vec(arb_cluster(), 1..8)) {
         let mut index = IntentIndex::new();
@@ -532,4 +603,49 @@ async fn wait(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("condition not met within 5s");
+}
+
+// One changed endpoint publishes to every node (each holds every Service), yet every node's view
+// shares the one recomputed Service; the delta to each is that one Service.
+#[test]
+fn a_changed_endpoint_is_one_shared_service_upsert_on_every_node() {
+    let mut c = lab();
+    for i in 0..5u8 {
+        let name = format!("svc{i}");
+        c.services.push(mk_service(&name, i + 1));
+        c.endpoint_slices
+            .push(mk_slice(&name, &[(i + 1, "worker", true)]));
+    }
+    let mut index = IntentIndex::new();
+    index.apply(&c);
+    let mut rx: Vec<_> = ["control-plane", "worker", "worker2"]
+        .iter()
+        .map(|n| index.subscribe(n))
+        .collect();
+    let sent: Vec<Sent> = rx
+        .iter_mut()
+        .map(|r| next_update(None, &r.borrow_and_update()).unwrap().0)
+        .collect();
+    c.endpoint_slices[2].endpoints[0].addresses[0] = Ipv4Addr::new(10, 244, 1, 99);
+    assert_eq!(index.apply(&c), ["control-plane", "worker", "worker2"]);
+    let views: Vec<_> = rx
+        .iter_mut()
+        .map(|r| r.borrow_and_update().clone())
+        .collect();
+    let p0 = views[0].intent.as_ref().unwrap();
+    for (v, s) in views.iter().zip(&sent) {
+        let p = v.intent.as_ref().unwrap();
+        assert!(p.intent.services.ptr_eq(&p0.intent.services), "shared");
+        let Some((_, Update::Delta { delta, .. })) = next_update(Some(s), v) else {
+            panic!("a delta")
+        };
+        assert!(delta.deletes.is_empty());
+        assert_eq!(delta.upserts.len(), 1, "{delta:?}");
+        assert_eq!(delta.upserts[0].key().key, "default/svc2");
+    }
+    // A datapath setting flips: one entry, the same on every node.
+    c.datapath.bpf_masquerade = true;
+    assert_eq!(index.apply(&c).len(), 3);
+    let v = index.view("worker").unwrap();
+    assert!(v.intent.unwrap().intent.datapath.bpf_masquerade);
 }

@@ -1,0 +1,505 @@
+//! L2 announcements: which node answers ARP for which VIP, and on which interfaces.
+//!
+//! Cilium lets every eligible agent race for a per-Service Lease, first come first served, and
+//! fails over only when the lease expires (10–20 s with its defaults). Here the operator decides:
+//! for every announced Service it picks one node among the eligible ones by rendezvous hashing on
+//! the Service's name, so the choice is stable (it moves only when the chosen node stops being
+//! eligible, or for ~1/n of the Services when a node joins) and independent of event order. A node
+//! is eligible for a Service when
+//!
+//! - a policy selects both (service selector with the virtual namespace/name labels, node
+//!   selector on the Node's labels) and announces the kind of address the Service has
+//!   (`externalIPs` / `loadBalancerIPs`);
+//! - its agent is live (connected, heartbeating) and reports an interface that is up and matches
+//!   one of the policy's interface regexes (none: any interface);
+//! - with `externalTrafficPolicy: Local`, it runs a ready backend of the Service (Cilium announces
+//!   regardless, so traffic lands on a node that drops it).
+//!
+//! The result is per node: VIP → (Service, interfaces to answer on). All VIPs of a Service go to
+//! the same node, as with Cilium's per-Service lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::lbipam::{CLASS_L2_ANNOUNCER, LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE};
+use crate::selector::{LabelSelector, NilSelector, matches_optional};
+use crate::service::{EndpointSliceInfo, ServiceInfo, ServiceName};
+
+/// A `CiliumL2AnnouncementPolicy`, validated: a policy whose selector or regex is invalid is not
+/// passed in (the operator reports its condition instead), so the others keep working.
+#[derive(Debug, Clone)]
+pub struct L2Policy {
+    pub name: String,
+    pub service_selector: Option<LabelSelector>,
+    pub node_selector: Option<LabelSelector>,
+    /// Compiled `spec.interfaces` (unanchored, like Go's `regexp.MatchString`, OR-ed); `None`
+    /// (unset or empty in the spec): any interface. Patterns that do not compile are left out by
+    /// the operator (and reported); when none is left the policy matches no interface.
+    pub interfaces: Option<Vec<Regex>>,
+    pub external_ips: bool,
+    pub load_balancer_ips: bool,
+}
+
+impl L2Policy {
+    fn matches_interface(&self, name: &str) -> bool {
+        self.interfaces
+            .as_ref()
+            .is_none_or(|res| res.iter().any(|re| re.is_match(name)))
+    }
+
+    fn selects_service(&self, svc: &ServiceInfo) -> bool {
+        let mut labels = svc.labels.clone();
+        labels.insert(LABEL_SERVICE_NAMESPACE.into(), svc.namespace.clone());
+        labels.insert(LABEL_SERVICE_NAME.into(), svc.name.clone());
+        matches_optional(
+            self.service_selector.as_ref(),
+            &labels,
+            NilSelector::MatchesAll,
+        )
+    }
+}
+
+/// What the operator knows about one node's ability to announce.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L2Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Its agent is connected and heartbeating.
+    pub agent_live: bool,
+    /// Interfaces its agent reports as up (carrier present).
+    pub up_interfaces: BTreeSet<String>,
+}
+
+/// One VIP a node must announce.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L2Announcement {
+    pub vip: Ipv4Addr,
+    pub service: ServiceName,
+    /// Interfaces to answer ARP on (matching, up).
+    pub interfaces: BTreeSet<String>,
+}
+
+/// The chosen announcer of one Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Choice {
+    pub node: String,
+    pub announcements: Vec<L2Announcement>,
+}
+
+/// Whether LB-IPAM's L2 class (or no class) lets the L2 announcer serve `svc`.
+fn class_ok(svc: &ServiceInfo) -> bool {
+    svc.load_balancer_class
+        .as_deref()
+        .is_none_or(|c| c == CLASS_L2_ANNOUNCER)
+}
+
+/// Rendezvous score of `node` for `service`: the highest wins.
+fn score(service: &ServiceName, node: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(service.namespace.as_bytes());
+    h.update([0]);
+    h.update(service.name.as_bytes());
+    h.update([0]);
+    h.update(node.as_bytes());
+    h.finalize().into()
+}
+
+/// Nodes with a ready backend of `svc`.
+fn nodes_with_ready_backend<'a>(
+    svc: &ServiceInfo,
+    slices: &'a [EndpointSliceInfo],
+) -> BTreeSet<&'a str> {
+    slices
+        .iter()
+        .filter(|s| s.namespace == svc.namespace && s.service == svc.name)
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.ready)
+        .filter_map(|e| e.node_name.as_deref())
+        .collect()
+}
+
+/// Chooses the announcer of every announced Service. Services without an address to announce, or
+/// without an eligible node, get no entry.
+pub fn choose_announcers(
+    policies: &[L2Policy],
+    nodes: &[L2Node],
+    services: &[ServiceInfo],
+    slices: &[EndpointSliceInfo],
+) -> BTreeMap<ServiceName, L2Choice> {
+    let mut out = BTreeMap::new();
+    for svc in services.iter().filter(|s| class_ok(s)) {
+        // Per candidate node: the interfaces and VIPs the policies selecting it give.
+        let mut candidates: BTreeMap<&str, (BTreeSet<String>, BTreeSet<Ipv4Addr>)> =
+            BTreeMap::new();
+        let local_only = svc
+            .external_traffic_local
+            .then(|| nodes_with_ready_backend(svc, slices));
+        for p in policies.iter().filter(|p| p.selects_service(svc)) {
+            let mut vips = BTreeSet::new();
+            if p.external_ips {
+                vips.extend(svc.external_ips.iter().copied());
+            }
+            if p.load_balancer_ips {
+                vips.extend(svc.load_balancer_ips.iter().copied());
+            }
+            if vips.is_empty() {
+                continue;
+            }
+            for n in nodes {
+                if !n.agent_live
+                    || !matches_optional(
+                        p.node_selector.as_ref(),
+                        &n.labels,
+                        NilSelector::MatchesAll,
+                    )
+                    || local_only
+                        .as_ref()
+                        .is_some_and(|l| !l.contains(n.name.as_str()))
+                {
+                    continue;
+                }
+                let ifaces: BTreeSet<String> = n
+                    .up_interfaces
+                    .iter()
+                    .filter(|i| p.matches_interface(i))
+                    .cloned()
+                    .collect();
+                if ifaces.is_empty() {
+                    continue;
+                }
+                let c = candidates.entry(n.name.as_str()).or_default();
+                c.0.extend(ifaces);
+                c.1.extend(vips.iter().copied());
+            }
+        }
+        let name = svc.service_name();
+        let Some((node, (ifaces, vips))) = candidates
+            .into_iter()
+            .max_by(|a, b| score(&name, a.0).cmp(&score(&name, b.0)))
+        else {
+            continue;
+        };
+        let announcements = vips
+            .into_iter()
+            .map(|vip| L2Announcement {
+                vip,
+                service: name.clone(),
+                interfaces: ifaces.clone(),
+            })
+            .collect();
+        out.insert(
+            name,
+            L2Choice {
+                node: node.to_string(),
+                announcements,
+            },
+        );
+    }
+    out
+}
+
+/// The announcements of one node, by VIP (a VIP two Services share goes to the one first by name).
+pub fn node_announcements(
+    choices: &BTreeMap<ServiceName, L2Choice>,
+    node: &str,
+) -> BTreeMap<Ipv4Addr, L2Announcement> {
+    let mut out = BTreeMap::new();
+    for c in choices.values().filter(|c| c.node == node) {
+        for a in &c.announcements {
+            out.entry(a.vip).or_insert_with(|| a.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::{LabelSelectorOperator, LabelSelectorRequirement};
+    use crate::service::{EndpointInfo, ServiceType};
+
+    const CP: &str = "node-role.kubernetes.io/control-plane";
+
+    /// The seed policy: never the control-plane node, `^eth[0-9]+`, both address kinds.
+    fn seed_policy() -> L2Policy {
+        L2Policy {
+            name: "default".into(),
+            service_selector: None,
+            node_selector: Some(LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: CP.into(),
+                    operator: LabelSelectorOperator::DoesNotExist,
+                    values: None,
+                }]),
+            }),
+            interfaces: Some(vec![Regex::new("^eth[0-9]+").unwrap()]),
+            external_ips: true,
+            load_balancer_ips: true,
+        }
+    }
+
+    fn node(name: &str, cp: bool, ifaces: &[&str]) -> L2Node {
+        let mut labels = BTreeMap::new();
+        if cp {
+            labels.insert(CP.to_string(), String::new());
+        }
+        L2Node {
+            name: name.into(),
+            labels,
+            agent_live: true,
+            up_interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn lab_nodes() -> Vec<L2Node> {
+        vec![
+            node("control-plane", true, &["eth0"]),
+            node("worker", false, &["eth0", "cilia_host"]),
+            node("worker2", false, &["eth0", "cilia_host"]),
+        ]
+    }
+
+    fn lb(name: &str, ip: [u8; 4]) -> ServiceInfo {
+        ServiceInfo {
+            namespace: "default".into(),
+            name: name.into(),
+            service_type: ServiceType::LoadBalancer,
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            external_ips: vec![],
+            load_balancer_ips: vec![Ipv4Addr::from(ip)],
+            ports: vec![],
+            external_traffic_local: false,
+            internal_traffic_local: false,
+            session_affinity_timeout: None,
+            load_balancer_class: None,
+            forwarding_mode: None,
+            algorithm: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn svcs(n: usize) -> Vec<ServiceInfo> {
+        (0..n)
+            .map(|i| lb(&format!("svc-{i}"), [172, 18, 250, i as u8]))
+            .collect()
+    }
+
+    #[test]
+    fn seed_policy_never_picks_the_control_plane_and_answers_on_eth_only() {
+        let c = choose_announcers(&[seed_policy()], &lab_nodes(), &svcs(50), &[]);
+        assert_eq!(c.len(), 50);
+        for choice in c.values() {
+            assert_ne!(choice.node, "control-plane");
+            for a in &choice.announcements {
+                assert_eq!(a.interfaces, BTreeSet::from(["eth0".to_string()]));
+            }
+        }
+        let on_worker = c.values().filter(|c| c.node == "worker").count();
+        assert!(
+            (10..=40).contains(&on_worker),
+            "spread over both workers: {on_worker}/50"
+        );
+    }
+
+    #[test]
+    fn choice_is_stable_and_order_independent() {
+        let services = svcs(30);
+        let a = choose_announcers(&[seed_policy()], &lab_nodes(), &services, &[]);
+        let mut rev_nodes = lab_nodes();
+        rev_nodes.reverse();
+        let mut rev_svcs = services.clone();
+        rev_svcs.reverse();
+        let b = choose_announcers(&[seed_policy()], &rev_nodes, &rev_svcs, &[]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_dead_agent_or_down_interface_moves_only_its_services() {
+        let services = svcs(40);
+        let before = choose_announcers(&[seed_policy()], &lab_nodes(), &services, &[]);
+        for break_it in [
+            (|n: &mut L2Node| n.agent_live = false) as fn(&mut L2Node),
+            |n: &mut L2Node| {
+                n.up_interfaces.remove("eth0");
+            },
+            |n: &mut L2Node| {
+                n.labels.insert(CP.into(), String::new());
+            },
+        ] {
+            let mut nodes = lab_nodes();
+            break_it(&mut nodes[1]);
+            let after = choose_announcers(&[seed_policy()], &nodes, &services, &[]);
+            assert_eq!(after.len(), 40, "every Service still has an announcer");
+            for (svc, choice) in &after {
+                assert_eq!(choice.node, "worker2");
+                if before[svc].node == "worker2" {
+                    assert_eq!(before[svc], *choice, "{svc}: unaffected Services stay put");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_joining_node_moves_about_a_third() {
+        let services = svcs(200);
+        let before = choose_announcers(&[seed_policy()], &lab_nodes(), &services, &[]);
+        let mut nodes = lab_nodes();
+        nodes.push(node("worker3", false, &["eth0"]));
+        let after = choose_announcers(&[seed_policy()], &nodes, &services, &[]);
+        let moved: Vec<_> = after
+            .iter()
+            .filter(|(s, c)| before[*s].node != c.node)
+            .collect();
+        assert!(
+            moved.iter().all(|(_, c)| c.node == "worker3"),
+            "moves only to the new node"
+        );
+        assert!(
+            (40..=100).contains(&moved.len()),
+            "about 1/3 move: {}",
+            moved.len()
+        );
+    }
+
+    #[test]
+    fn address_kinds_follow_the_policy_switches() {
+        let mut svc = lb("web", [172, 18, 250, 1]);
+        svc.external_ips = vec![Ipv4Addr::new(192, 0, 2, 9)];
+        for (ext, lbips, want) in [
+            (true, true, vec![[192, 0, 2, 9], [172, 18, 250, 1]]),
+            (true, false, vec![[192, 0, 2, 9]]),
+            (false, true, vec![[172, 18, 250, 1]]),
+            (false, false, vec![]),
+        ] {
+            let p = L2Policy {
+                external_ips: ext,
+                load_balancer_ips: lbips,
+                ..seed_policy()
+            };
+            let c = choose_announcers(&[p], &lab_nodes(), std::slice::from_ref(&svc), &[]);
+            let got: BTreeSet<Ipv4Addr> = c
+                .values()
+                .flat_map(|c| c.announcements.iter().map(|a| a.vip))
+                .collect();
+            let want: BTreeSet<Ipv4Addr> = want.into_iter().map(Ipv4Addr::from).collect();
+            assert_eq!(got, want, "externalIPs={ext} loadBalancerIPs={lbips}");
+        }
+    }
+
+    #[test]
+    fn class_and_service_selector() {
+        let mut other = lb("bgp", [172, 18, 250, 2]);
+        other.load_balancer_class = Some("io.cilium/bgp-control-plane".into());
+        let mut l2 = lb("l2", [172, 18, 250, 3]);
+        l2.load_balancer_class = Some(CLASS_L2_ANNOUNCER.into());
+        let plain = lb("plain", [172, 18, 250, 4]);
+        let c = choose_announcers(
+            &[seed_policy()],
+            &lab_nodes(),
+            &[other, l2.clone(), plain.clone()],
+            &[],
+        );
+        let names: Vec<_> = c.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["l2", "plain"]);
+        // Virtual name label.
+        let p = L2Policy {
+            service_selector: Some(LabelSelector::from_labels([(LABEL_SERVICE_NAME, "plain")])),
+            ..seed_policy()
+        };
+        let c = choose_announcers(&[p], &lab_nodes(), &[l2, plain], &[]);
+        assert_eq!(
+            c.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+            ["plain"]
+        );
+    }
+
+    #[test]
+    fn local_traffic_policy_needs_a_ready_local_backend() {
+        let mut svc = lb("local", [172, 18, 250, 5]);
+        svc.external_traffic_local = true;
+        let slice = |node: &str, ready: bool| EndpointSliceInfo {
+            namespace: "default".into(),
+            name: format!("local-{node}"),
+            service: "local".into(),
+            endpoints: vec![EndpointInfo {
+                addresses: vec![Ipv4Addr::new(10, 244, 2, 9)],
+                ready,
+                serving: ready,
+                terminating: false,
+                node_name: Some(node.into()),
+            }],
+            ports: vec![],
+        };
+        let one = std::slice::from_ref(&svc);
+        let c = choose_announcers(
+            &[seed_policy()],
+            &lab_nodes(),
+            one,
+            &[slice("worker2", true)],
+        );
+        assert_eq!(c.values().next().unwrap().node, "worker2");
+        let c = choose_announcers(
+            &[seed_policy()],
+            &lab_nodes(),
+            one,
+            &[slice("worker", true)],
+        );
+        assert_eq!(c.values().next().unwrap().node, "worker");
+        let c = choose_announcers(
+            &[seed_policy()],
+            &lab_nodes(),
+            one,
+            &[slice("worker", false)],
+        );
+        assert!(c.is_empty(), "no ready backend anywhere: nobody announces");
+        let c = choose_announcers(
+            &[seed_policy()],
+            &lab_nodes(),
+            one,
+            &[slice("control-plane", true)],
+        );
+        assert!(
+            c.is_empty(),
+            "the only backend is on a node the policy excludes"
+        );
+    }
+
+    #[test]
+    fn interface_union_and_no_usable_regex() {
+        let p2 = L2Policy {
+            name: "host".into(),
+            interfaces: Some(vec![Regex::new("^cilia_").unwrap()]),
+            ..seed_policy()
+        };
+        let c = choose_announcers(&[seed_policy(), p2], &lab_nodes(), &svcs(1), &[]);
+        let a = &c.values().next().unwrap().announcements[0];
+        assert_eq!(
+            a.interfaces,
+            BTreeSet::from(["cilia_host".to_string(), "eth0".into()])
+        );
+        // Every pattern of a policy failed to compile: it matches no interface.
+        let none = L2Policy {
+            interfaces: Some(vec![]),
+            ..seed_policy()
+        };
+        assert!(choose_announcers(&[none], &lab_nodes(), &svcs(1), &[]).is_empty());
+    }
+
+    #[test]
+    fn per_node_view() {
+        let c = choose_announcers(&[seed_policy()], &lab_nodes(), &svcs(10), &[]);
+        let total: usize = ["control-plane", "worker", "worker2"]
+            .iter()
+            .map(|n| node_announcements(&c, n).len())
+            .sum();
+        assert_eq!(total, 10);
+        assert!(node_announcements(&c, "control-plane").is_empty());
+    }
+}
