@@ -1,6 +1,10 @@
 //! The lab: a LAN namespace with a bridge, node namespaces running the real agent, the operator in
 //! the control-plane node's namespace serving their intents over mutual TLS, pods wired by the real
-//! CNI plugin, and a client namespace standing for the outside world. Everything carries a run id,
+//! CNI plugin, and a client namespace standing for the outside world. The lab API server runs on
+//! the control-plane node (`:6443`), the nodes are registered there as Node objects (as kubelet
+//! would), `cilium-config` carries the lab's routing, and the operator (one or more replicas)
+//! watches it; `CILIA_LAB_SOURCE=file` (or [`ClusterSource::File`]) runs the operator on the
+//! lab's cluster file instead. Everything carries a run id,
 //! and everything is torn down on drop, on SIGINT/SIGTERM, or later by `cilia-lab clean`.
 
 use std::collections::BTreeMap;
@@ -33,6 +37,32 @@ pub const OPERATOR_PORT: u16 = 4250;
 pub const OPERATOR_METRICS_PORT: u16 = 9963;
 /// Heartbeats in the lab are quicker than the 5s default, so a lost peer shows within seconds.
 pub const LAB_HEARTBEAT: &str = "1s";
+/// The lab's Kubernetes API endpoint port (`cilia-apiserver` on the control-plane node).
+pub const API_SERVER_PORT: u16 = 6443;
+/// Leader election timings in the lab (lease, renew deadline, retry): short, so a killed leader
+/// is replaced within seconds (the operator's defaults are Cilium's 15s/10s/2s).
+pub const LAB_LEASE_DURATION: Duration = Duration::from_secs(3);
+pub const LAB_RENEW_DEADLINE: Duration = Duration::from_secs(2);
+pub const LAB_RETRY_PERIOD: Duration = Duration::from_millis(500);
+/// Namespace of `cilium-config` and the leader Lease in the lab.
+pub const LAB_NAMESPACE: &str = "kube-system";
+
+/// Where the lab's operator reads the cluster from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// `cilia-operator serve --cluster-file` (the lab writes `cluster.json`).
+    File,
+    /// `cilia-apiserver` on the control-plane node; the lab registers its Nodes and
+    /// `cilium-config` there and the operator watches it (`serve --kubeconfig`).
+    Kubernetes,
+}
+
+/// The lab's API server process and the kubeconfig clients use.
+pub struct ApiServerProc {
+    pub child: Child,
+    /// Points at `https://<control-plane>:6443`: usable from any lab namespace, not the host.
+    pub kubeconfig: PathBuf,
+}
 
 /// One lab node: name, LAN address, pod CIDR.
 #[derive(Debug, Clone)]
@@ -98,6 +128,13 @@ pub struct Lab {
     /// The operator process, in the namespace of `nodes[operator_node]`.
     pub operator: Option<Child>,
     pub operator_node: usize,
+    pub source: ClusterSource,
+    /// The API server (with [`ClusterSource::Kubernetes`]).
+    pub api: Option<ApiServerProc>,
+    /// Further operator replicas (Kubernetes source), by node index.
+    pub replicas: BTreeMap<usize, Child>,
+    /// Nodes as last registered with the API server.
+    synced_nodes: Mutex<BTreeMap<String, NodeInfo>>,
     keep: bool,
 }
 
@@ -158,8 +195,39 @@ pub fn ns_name(run: &str, role: &str) -> String {
 }
 
 impl Lab {
-    /// Brings up the LAN, the nodes with their agents, and the client.
+    /// Brings up the LAN, the nodes with their agents, and the client, with the lab API server
+    /// as the operator's source ([`Lab::up_kube`]). `CILIA_LAB_SOURCE=file` runs the operator on
+    /// the cluster file instead.
     pub fn up(nodes: Vec<NodeSpec>) -> anyhow::Result<Lab> {
+        let source = match std::env::var("CILIA_LAB_SOURCE").as_deref() {
+            Ok("file") => ClusterSource::File,
+            _ => ClusterSource::Kubernetes,
+        };
+        Self::up_with(nodes, source)
+    }
+
+    /// Like [`Lab::up`], with the lab API server on the control-plane node: the Nodes are
+    /// registered there as kubelet would (InternalIP, podCIDR, labels), `cilium-config` is
+    /// created, and the operator watches the API server.
+    pub fn up_kube(nodes: Vec<NodeSpec>) -> anyhow::Result<Lab> {
+        Self::up_with(nodes, ClusterSource::Kubernetes)
+    }
+
+    /// Like [`Lab::up_kube`] but without `cilium-config`: whoever installs Cilia (the demo's
+    /// `helm install`) creates it; until then the operator runs with Cilium's defaults.
+    pub fn up_kube_unconfigured(nodes: Vec<NodeSpec>) -> anyhow::Result<Lab> {
+        Self::up_inner(nodes, ClusterSource::Kubernetes, false)
+    }
+
+    pub fn up_with(nodes: Vec<NodeSpec>, source: ClusterSource) -> anyhow::Result<Lab> {
+        Self::up_inner(nodes, source, true)
+    }
+
+    fn up_inner(
+        nodes: Vec<NodeSpec>,
+        source: ClusterSource,
+        lab_config: bool,
+    ) -> anyhow::Result<Lab> {
         install_signal_teardown();
         let run = new_run_id();
         let dir = Path::new(LAB_ROOT).join(&run);
@@ -167,7 +235,13 @@ impl Lab {
         std::fs::write(dir.join("owner"), std::process::id().to_string())?;
         LIVE_RUNS.lock().unwrap().push(run.clone());
         let bin_dir = bin_dir();
-        for b in ["cilia-agent", "cilia-cni", "cilia-dbg", "cilia-operator"] {
+        for b in [
+            "cilia-agent",
+            "cilia-cni",
+            "cilia-dbg",
+            "cilia-operator",
+            "cilia-apiserver",
+        ] {
             if !bin_dir.join(b).exists() {
                 bail!(
                     "{} is missing: build the workspace first (`make build`)",
@@ -228,10 +302,22 @@ impl Lab {
             cluster,
             operator: None,
             operator_node,
+            source,
+            api: None,
+            replicas: BTreeMap::new(),
+            synced_nodes: Mutex::new(BTreeMap::new()),
             keep: false,
         };
         lab.write_cluster()?;
         lab.generate_certs()?;
+        if source == ClusterSource::Kubernetes {
+            lab.start_api_server()?;
+            lab.register_nodes()
+                .with_context(|| format!("API server log: {}", lab.api_server_log()))?;
+            if lab_config {
+                lab.apply_cilium_config(&[])?;
+            }
+        }
         lab.start_operator()?;
         for i in 0..lab.nodes.len() {
             lab.start_agent_at(i)?;
@@ -301,12 +387,8 @@ impl Lab {
             .append(true)
             .open(self.operator_log_path())?;
         let ip = self.operator_ip();
-        let mut c = Command::new(self.bin_dir.join("cilia-operator"));
-        c.arg("serve")
-            .arg("--cluster-file")
-            .arg(self.cluster_file())
-            .args(["--cluster-file-poll", "100ms"])
-            .args(["--listen", &format!("{ip}:{OPERATOR_PORT}")])
+        let mut c = self.operator_command(self.operator_node);
+        c.args(["--listen", &format!("{ip}:{OPERATOR_PORT}")])
             .arg("--tls-dir")
             .arg(self.tls_dir().join("operator"))
             .args(["--metrics-listen", &format!("{ip}:{OPERATOR_METRICS_PORT}")])
@@ -322,6 +404,329 @@ impl Lab {
             self.operator_get("/healthz").is_ok()
         })
         .with_context(|| format!("operator did not come up; log: {}", self.operator_log()))
+    }
+
+    /// `cilia-operator serve` with this lab's source; listen addresses are added by the caller.
+    fn operator_command(&self, node: usize) -> Command {
+        let mut c = Command::new(self.bin_dir.join("cilia-operator"));
+        c.arg("serve");
+        match &self.api {
+            None => {
+                c.arg("--cluster-file")
+                    .arg(self.cluster_file())
+                    .args(["--cluster-file-poll", "100ms"]);
+            }
+            Some(api) => {
+                let ms = |d: Duration| format!("{}ms", d.as_millis());
+                c.arg("--kubeconfig")
+                    .arg(&api.kubeconfig)
+                    .args(["--namespace", LAB_NAMESPACE])
+                    .args([
+                        "--leader-election-identity",
+                        self.nodes[node].spec.name.as_str(),
+                    ])
+                    .args(["--leader-election-lease-duration", &ms(LAB_LEASE_DURATION)])
+                    .args(["--leader-election-renew-deadline", &ms(LAB_RENEW_DEADLINE)])
+                    .args(["--leader-election-retry-period", &ms(LAB_RETRY_PERIOD)]);
+            }
+        }
+        c
+    }
+
+    pub fn replica_log_path(&self, node: usize) -> PathBuf {
+        self.dir
+            .join(format!("operator-{}.log", self.nodes[node].spec.name))
+    }
+
+    /// Starts one more operator replica in the namespace of `nodes[node]` (Kubernetes source
+    /// only; the main replica runs on the control-plane node) and waits until it serves.
+    pub fn start_operator_replica(&mut self, node: usize) -> anyhow::Result<()> {
+        if self.api.is_none() {
+            bail!("operator replicas need the Kubernetes source (Lab::up_kube)");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.replica_log_path(node))?;
+        let ip = self.nodes[node].spec.ip;
+        let mut c = self.operator_command(node);
+        c.args(["--listen", &format!("{ip}:{OPERATOR_PORT}")])
+            .arg("--tls-dir")
+            .arg(self.tls_dir().join("operator"))
+            .args(["--metrics-listen", &format!("{ip}:{OPERATOR_METRICS_PORT}")])
+            .args(["--heartbeat-interval", LAB_HEARTBEAT])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = spawn_in_netns(&mut c, &self.nodes[node].ns.path())?;
+        std::fs::write(
+            self.dir
+                .join(format!("operator-{}.pid", self.nodes[node].spec.name)),
+            child.id().to_string(),
+        )?;
+        self.replicas.insert(node, child);
+        let addr = SocketAddr::V4(SocketAddrV4::new(ip, OPERATOR_METRICS_PORT));
+        wait_until(Duration::from_secs(10), || {
+            http_get_in(&self.nodes[node].ns, addr, "/healthz").is_ok()
+        })
+        .with_context(|| {
+            format!(
+                "operator replica on {} did not come up; log: {}",
+                self.nodes[node].spec.name,
+                std::fs::read_to_string(self.replica_log_path(node)).unwrap_or_default()
+            )
+        })
+    }
+
+    /// The pid of the operator replica running on `node` (the main one or another).
+    pub fn operator_pid_on(&self, node: &str) -> Option<u32> {
+        let i = self.node_index(node);
+        if i == self.operator_node {
+            self.operator.as_ref().map(|c| c.id())
+        } else {
+            self.replicas.get(&i).map(|c| c.id())
+        }
+    }
+
+    /// Kills the operator replica on `node` with `signal` and waits for it.
+    pub fn kill_operator_on(&mut self, node: &str, signal: i32) -> anyhow::Result<()> {
+        let i = self.node_index(node);
+        let child = if i == self.operator_node {
+            self.operator.take()
+        } else {
+            self.replicas.remove(&i)
+        };
+        if let Some(mut c) = child {
+            unsafe { libc::kill(c.id() as i32, signal) };
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the operator replica on `node` is still running.
+    pub fn operator_alive_on(&mut self, node: &str) -> bool {
+        let i = self.node_index(node);
+        let c = if i == self.operator_node {
+            self.operator.as_mut()
+        } else {
+            self.replicas.get_mut(&i)
+        };
+        c.is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Every operator log of the run (main and replicas), for failure messages.
+    pub fn operator_logs(&self) -> String {
+        let mut out = format!("--- operator.log\n{}", self.operator_log());
+        for &i in self.replicas.keys() {
+            out.push_str(&format!(
+                "\n--- operator-{}.log\n{}",
+                self.nodes[i].spec.name,
+                std::fs::read_to_string(self.replica_log_path(i)).unwrap_or_default()
+            ));
+        }
+        out
+    }
+
+    // ---- the lab API server ----------------------------------------------------------------
+
+    /// Starts `cilia-apiserver` on the control-plane node (`<ip>:6443`) and waits until it
+    /// listens. Test infrastructure standing in for kube-apiserver.
+    pub fn start_api_server(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.join("apiserver");
+        std::fs::create_dir_all(&dir)?;
+        let kubeconfig = dir.join("kubeconfig");
+        let cp = &self.nodes[self.operator_node];
+        let mut c = Command::new(self.bin_dir.join("cilia-apiserver"));
+        c.arg("--listen")
+            .arg(format!("{}:{API_SERVER_PORT}", cp.spec.ip))
+            .arg("--kubeconfig-out")
+            .arg(&kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("apiserver.log"))?);
+        let mut child = spawn_in_netns(&mut c, &cp.ns.path())?;
+        std::fs::write(dir.join("apiserver.pid"), child.id().to_string())?;
+        let mut line = String::new();
+        {
+            use std::io::BufRead;
+            let out = child.stdout.take().context("apiserver stdout")?;
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        if !line.starts_with("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("cilia-apiserver did not start: {line:?}");
+        }
+        self.api = Some(ApiServerProc { child, kubeconfig });
+        Ok(())
+    }
+
+    pub fn api_server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("apiserver").join("apiserver.log"))
+            .unwrap_or_default()
+    }
+
+    /// The kubeconfig of the lab API server (Kubernetes source only).
+    pub fn kubeconfig(&self) -> anyhow::Result<&Path> {
+        Ok(&self
+            .api
+            .as_ref()
+            .context("the lab runs without an API server (use Lab::up_kube)")?
+            .kubeconfig)
+    }
+
+    /// Runs the real kubectl (`.venv/bin/kubectl`, from `make deps`) against the lab API server
+    /// from the client namespace, as a user on the LAN would; `stdin` is fed to it. Fails with
+    /// kubectl's stderr on a non-zero exit.
+    pub fn kubectl_with_input(&self, args: &[&str], stdin: &str) -> anyhow::Result<String> {
+        let kubectl = repo_root().join(".venv/bin/kubectl");
+        if !kubectl.exists() {
+            bail!("{} is missing: run `make deps`", kubectl.display());
+        }
+        let mut c = Command::new(&kubectl);
+        c.arg("--kubeconfig")
+            .arg(self.kubeconfig()?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn_in_netns(&mut c, &self.client.path())?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(stdin.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.kubectl_with_input(args, "")
+    }
+
+    /// `kubectl get <what> -o json`, parsed.
+    pub fn kubectl_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = self.kubectl(&all)?;
+        serde_json::from_str(&out).with_context(|| format!("kubectl output is not JSON: {out}"))
+    }
+
+    /// Registers the lab nodes as Node objects, as their kubelets would: labels (plus
+    /// `kubernetes.io/hostname`), `spec.podCIDR`, and `status.addresses` with the InternalIP.
+    pub fn register_nodes(&self) -> anyhow::Result<()> {
+        self.sync_nodes()
+    }
+
+    /// Makes the API server's Nodes match `self.cluster.nodes`: creates or updates the changed
+    /// ones (spec and labels through `kubectl apply`, addresses through the status subresource)
+    /// and deletes the ones that left. Only what changed since the last sync is sent.
+    fn sync_nodes(&self) -> anyhow::Result<()> {
+        let mut synced = self.synced_nodes.lock().unwrap();
+        let changed: Vec<&NodeInfo> = self
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| synced.get(&n.name) != Some(*n))
+            .collect();
+        if !changed.is_empty() {
+            // One YAML stream of JSON documents (kubectl validates a `List` against OpenAPI v2).
+            let docs: Vec<String> = changed
+                .iter()
+                .map(|n| {
+                    let mut labels = n.labels.clone();
+                    labels.insert("kubernetes.io/hostname".into(), n.name.clone());
+                    labels.insert("kubernetes.io/os".into(), "linux".into());
+                    let pod_cidrs: Vec<String> = n.pod_cidr.iter().map(|c| c.to_string()).collect();
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": { "name": n.name, "labels": labels },
+                        "spec": { "podCIDR": pod_cidrs.first(), "podCIDRs": pod_cidrs },
+                    })
+                    .to_string()
+                })
+                .collect();
+            self.kubectl_with_input(&["apply", "-f", "-"], &docs.join("\n---\n"))
+                .context("registering the lab nodes")?;
+        }
+        for n in &changed {
+            if synced
+                .get(&n.name)
+                .is_some_and(|old| old.internal_ip == n.internal_ip)
+            {
+                continue;
+            }
+            let status = json!({ "status": {
+                "addresses": [
+                    { "type": "InternalIP", "address": n.internal_ip.to_string() },
+                    { "type": "Hostname", "address": n.name },
+                ],
+                "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady",
+                                 "message": "cilia lab node" }],
+            }});
+            self.kubectl(&[
+                "patch",
+                "node",
+                &n.name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ])
+            .with_context(|| format!("setting the status of node {}", n.name))?;
+        }
+        let gone: Vec<String> = synced
+            .keys()
+            .filter(|name| !self.cluster.nodes.iter().any(|n| &&n.name == name))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            let mut args = vec!["delete", "node"];
+            args.extend(gone.iter().map(String::as_str));
+            self.kubectl(&args).context("deleting nodes that left")?;
+        }
+        *synced = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.clone()))
+            .collect();
+        Ok(())
+    }
+
+    /// Creates or replaces `kube-system/cilium-config`: the lab's routing (native, direct node
+    /// routes, `10.244.0.0/16`) plus `extra` keys.
+    pub fn apply_cilium_config(&self, extra: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut data: BTreeMap<String, String> = [
+            ("routing-mode", "native"),
+            ("auto-direct-node-routes", "true"),
+            ("ipv4-native-routing-cidr", NATIVE_ROUTING_CIDR),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            data.insert(k.to_string(), v.to_string());
+        }
+        let cm = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": "cilium-config", "namespace": LAB_NAMESPACE },
+            "data": data,
+        });
+        self.kubectl_with_input(&["apply", "-f", "-"], &cm.to_string())
+            .context("applying cilium-config")?;
+        Ok(())
     }
 
     /// Stops the operator with `signal` and waits for it.
@@ -352,25 +757,7 @@ impl Lab {
     /// An HTTP GET of the operator's metrics endpoint, from inside its node's namespace.
     pub fn operator_get(&self, path: &str) -> anyhow::Result<String> {
         let addr = SocketAddr::V4(SocketAddrV4::new(self.operator_ip(), OPERATOR_METRICS_PORT));
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        let resp =
-            self.nodes[self.operator_node]
-                .ns
-                .run(move || -> anyhow::Result<String> {
-                    use std::io::Read;
-                    let mut s =
-                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    s.write_all(req.as_bytes())?;
-                    let mut out = String::new();
-                    s.read_to_string(&mut out)?;
-                    Ok(out)
-                })??;
-        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("GET {path}: {head}");
-        }
-        Ok(body.to_string())
+        http_get_in(&self.nodes[self.operator_node].ns, addr, path)
     }
 
     /// The operator's metrics as (name with labels, value), e.g.
@@ -395,8 +782,19 @@ impl Lab {
             .copied()
     }
 
-    /// Publishes the cluster facts the agents read (atomically).
+    /// Publishes the cluster facts: the cluster file (atomically), and with the Kubernetes
+    /// source also the Node objects (see [`Lab::register_nodes`]).
     pub fn write_cluster(&self) -> anyhow::Result<()> {
+        if self.api.is_some() {
+            if !self.cluster.services.is_empty() || !self.cluster.endpoint_slices.is_empty() {
+                bail!(
+                    "the lab runs on the Kubernetes source: create Services and EndpointSlices \
+                     with Lab::kubectl (or bring the lab up with ClusterSource::File); \
+                     lab.cluster carries only nodes there"
+                );
+            }
+            self.sync_nodes()?;
+        }
         let tmp = self.dir.join("cluster.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(&self.cluster)?)?;
         std::fs::rename(&tmp, self.cluster_file())?;
@@ -628,6 +1026,8 @@ impl Lab {
             n.agent = None;
         }
         self.operator = None;
+        self.replicas.clear();
+        self.api = None;
         for (_, ns) in self.pods.values_mut() {
             ns.keep();
         }
@@ -641,8 +1041,15 @@ impl Drop for Lab {
         }
         // SIGTERM to all at once, then give each up to the same 3 s before SIGKILL.
         let operator = self.operator.take();
+        let replicas = std::mem::take(&mut self.replicas).into_values();
+        let api = self.api.take().map(|a| a.child);
         let agents = self.nodes.iter_mut().filter_map(|n| n.agent.take());
-        let mut procs: Vec<Child> = operator.into_iter().chain(agents).collect();
+        let mut procs: Vec<Child> = operator
+            .into_iter()
+            .chain(replicas)
+            .chain(agents)
+            .chain(api)
+            .collect();
         for c in &procs {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
@@ -662,6 +1069,33 @@ impl Drop for Lab {
             .map(|mut r| r.retain(|x| x != &self.run))
             .ok();
     }
+}
+
+/// The repository root (where `.venv` and `crds/` are).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_path_buf()
+}
+
+/// An HTTP GET from inside `ns`; the body when the answer is 200.
+pub fn http_get_in(ns: &NetNs, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let resp = ns.run(move || -> anyhow::Result<String> {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(req.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body.to_string())
 }
 
 /// Connects `ns` to the LAN bridge with `eth0` = `ip/16`.
@@ -716,12 +1150,19 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::
 /// state directory.
 pub fn clean_run(run: &str) {
     let dir = Path::new(LAB_ROOT).join(run);
-    let mut pid_files = vec![dir.join("operator.pid")];
+    let mut pid_files = vec![
+        dir.join("operator.pid"),
+        dir.join("apiserver").join("apiserver.pid"),
+    ];
     if let Ok(rd) = std::fs::read_dir(&dir) {
-        pid_files.extend(
-            rd.filter_map(Result::ok)
-                .map(|e| e.path().join("agent.pid")),
-        );
+        for e in rd.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("operator-") && name.ends_with(".pid") {
+                pid_files.push(e.path());
+            } else {
+                pid_files.push(e.path().join("agent.pid"));
+            }
+        }
     }
     for f in pid_files {
         if let Ok(pid) = std::fs::read_to_string(&f)

@@ -7,13 +7,18 @@ use std::time::Duration;
 
 use cilia_operator::StreamConfig;
 use cilia_operator::certs::{self, CertRequest};
-use cilia_operator::serve::ServeOptions;
+use cilia_operator::k8s::lease::{LeaseConfig, default_identity};
+use cilia_operator::k8s::source::KubeSourceOptions;
+use cilia_operator::serve::{ServeOptions, Source};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The Cilia operator.
 ///
-/// `serve` computes every node's intent from the cluster state and streams it to the node's agent
+/// `serve` watches the cluster (Nodes, Services, EndpointSlices, CiliumLoadBalancerIPPools, the
+/// `cilium-config` and `ip-masq-agent` ConfigMaps), assigns LoadBalancer addresses (LB-IPAM; the
+/// leader of the `cilia-operator` Lease writes the statuses), computes every node's intent from
+/// the cluster state and streams it to the node's agent
 /// (gRPC, mutual TLS): a snapshot first — or nothing when the agent already holds the current
 /// intent — then only what changed for that node. It tracks each node's acked version and
 /// heartbeats and exposes them as Prometheus metrics. `certs` writes the CA and certificates the
@@ -28,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve node intents to the agents.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate the intent stream's CA, the operator's certificate and one client certificate per
     /// node (CN `node/<name>`), as the chart's genCA/genSignedCert would.
     ///
@@ -40,13 +45,45 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Cluster state as JSON (nodes, routing config): the interim source until the Kubernetes
-    /// watchers land. Re-read whenever it changes; an invalid file is logged and ignored.
+    /// Kubeconfig of the cluster to watch (Nodes, Services, EndpointSlices, pools, ConfigMaps).
+    /// Without it and without --cluster-file, the in-cluster service account is used.
+    #[arg(long, conflicts_with = "cluster_file")]
+    kubeconfig: Option<PathBuf>,
+    /// Cluster state as JSON (nodes, routing config, services) instead of the Kubernetes API:
+    /// for setups without an API server. Re-read whenever it changes; an invalid file is logged
+    /// and ignored. No LB-IPAM and no leader election with this source.
     #[arg(long, env = "CILIA_CLUSTER_FILE")]
-    cluster_file: PathBuf,
+    cluster_file: Option<PathBuf>,
     /// How often the cluster file is checked for changes (a stat; read only when changed).
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     cluster_file_poll: Duration,
+    /// Namespace of the `cilium-config` and `ip-masq-agent` ConfigMaps and of the leader Lease
+    /// (Cilium's `k8s-namespace`).
+    #[arg(long, env = "CILIUM_K8S_NAMESPACE", default_value = "kube-system")]
+    namespace: String,
+    /// Contest leadership through a Lease; only the leader writes statuses. `false`: this
+    /// replica always leads (run exactly one).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader Lease (coordination.k8s.io/v1) in --namespace.
+    #[arg(long, default_value = "cilia-operator")]
+    leader_election_lease_name: String,
+    /// This replica's holder identity; `_<pid>` is appended so restarts and replicas differ
+    /// (default: the pod name or host name with a random suffix).
+    #[arg(long, env = "CILIA_POD_NAME")]
+    leader_election_identity: Option<String>,
+    /// How long the Lease stays with a holder that stopped renewing (Cilium: 15s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: Duration,
+    /// The leader steps down when it could not renew for this long (Cilium: 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_election_renew_deadline: Duration,
+    /// How often the leader renews and a standby retries (Cilium: 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_election_retry_period: Duration,
+    /// Status writes in flight at once (Service and pool statuses).
+    #[arg(long, default_value_t = 32)]
+    status_write_concurrency: usize,
     /// Address the intent service listens on (the chart's `intent.port` is 4250).
     #[arg(long, default_value = "0.0.0.0:4250")]
     listen: SocketAddr,
@@ -112,7 +149,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(serve(a)),
+            .block_on(serve(*a)),
     }
 }
 
@@ -140,9 +177,34 @@ fn write_certs(a: CertsArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let source = match a.cluster_file {
+        Some(path) => Source::ClusterFile {
+            path,
+            poll: a.cluster_file_poll,
+        },
+        None => Source::Kubernetes {
+            kubeconfig: a.kubeconfig,
+            options: KubeSourceOptions {
+                config_namespace: a.namespace.clone(),
+                write_concurrency: a.status_write_concurrency,
+                ..KubeSourceOptions::default()
+            },
+            election: a.leader_elect.then(|| LeaseConfig {
+                name: a.leader_election_lease_name.clone(),
+                namespace: a.namespace.clone(),
+                identity: a
+                    .leader_election_identity
+                    .clone()
+                    .map(|id| format!("{id}_{}", std::process::id()))
+                    .unwrap_or_else(default_identity),
+                lease_duration: a.leader_election_lease_duration,
+                renew_deadline: a.leader_election_renew_deadline,
+                retry_period: a.leader_election_retry_period,
+            }),
+        },
+    };
     let opts = ServeOptions {
-        cluster_file: a.cluster_file,
-        cluster_file_poll: a.cluster_file_poll,
+        source,
         listen: a.listen,
         tls_dir: a.tls_dir,
         metrics_listen: a.metrics_listen,

@@ -148,7 +148,9 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `/metrics` and `/healthz` over HTTP/1.1 until `drain` turns.
+/// Serves `/metrics`, `/healthz` and `/readyz` over HTTP/1.1 until `drain` turns. The endpoint
+/// is bound only once the first cluster state is in, so `/readyz` answering means "serving intents"
+/// (every replica serves them; only the Lease holder writes statuses).
 pub async fn serve(
     listener: TcpListener,
     index: SharedIndex,
@@ -177,7 +179,9 @@ pub async fn serve(
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(Full::new(Bytes::from(body)))
                     }
-                    "/healthz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
+                    "/healthz" | "/readyz" => {
+                        Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
+                    }
                     _ => Response::builder()
                         .status(StatusCode::NOT_FOUND)
                         .body(Full::new(Bytes::from_static(b"not found\n"))),

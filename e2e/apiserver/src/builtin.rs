@@ -263,6 +263,10 @@ fn service(
     if svc_type == "LoadBalancer" {
         set_default(obj, &["spec", "allocateLoadBalancerNodePorts"], json!(true));
     }
+    // `allocateLoadBalancerNodePorts: false`: a LoadBalancer gets no NodePort unless it names one.
+    let allocate_node_ports = svc_type == "NodePort"
+        || (node_ports
+            && obj.pointer("/spec/allocateLoadBalancerNodePorts") != Some(&json!(false)));
     // ClusterIP: immutable once set, allocated when empty.
     let old_ip = old
         .and_then(|o| o.pointer("/spec/clusterIP"))
@@ -360,6 +364,9 @@ fn service(
                 }
                 continue;
             }
+            if !allocate_node_ports {
+                continue;
+            }
             let same = old_ports.iter().find(|o| {
                 o.get("port") == p.get("port")
                     && o.get("protocol").unwrap_or(&json!("TCP"))
@@ -421,6 +428,25 @@ mod tests {
         let mut headless = svc(json!({"spec": {"clusterIP": "None"}}));
         on_write(&rt, &mut headless, None, &mut alloc).unwrap();
         assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+    }
+
+    // `allocateLoadBalancerNodePorts: false`: no NodePort is taken, a named one is kept.
+    #[test]
+    fn load_balancer_without_node_ports() {
+        let reg = Registry::builtin();
+        let rt = reg.lookup("", "v1", "services").unwrap();
+        let mut alloc = Allocators::new(("10.96.0.0".parse().unwrap(), 16));
+        let mut a = svc(json!({"spec": {"type": "LoadBalancer",
+                                        "allocateLoadBalancerNodePorts": false}}));
+        on_write(&rt, &mut a, None, &mut alloc).unwrap();
+        assert!(a["spec"]["ports"][0].get("nodePort").is_none(), "{a}");
+        let mut named = svc(json!({"spec": {"type": "LoadBalancer",
+            "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80, "nodePort": 31000}]}}));
+        on_write(&rt, &mut named, None, &mut alloc).unwrap();
+        assert_eq!(named["spec"]["ports"][0]["nodePort"], 31000);
+        let mut c = svc(json!({"spec": {"type": "LoadBalancer"}}));
+        on_write(&rt, &mut c, None, &mut alloc).unwrap();
+        assert_eq!(c["spec"]["ports"][0]["nodePort"], 30000);
     }
 
     #[test]

@@ -3,9 +3,8 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::Context;
 use cilia_e2e::lab::{Lab, clean_stale, default_nodes, spawn_in_netns};
@@ -71,31 +70,6 @@ fn as_user(lab: &Lab, program: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// The lab's Kubernetes API endpoint: `cilia-apiserver` on the control-plane node (test
-/// infrastructure standing in for kube-apiserver). Its pid goes where `cilia-lab clean` looks.
-fn start_api_server(lab: &Lab) -> anyhow::Result<(Child, PathBuf)> {
-    let dir = lab.dir.join("apiserver");
-    std::fs::create_dir_all(&dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    let cp = &lab.nodes[0];
-    let mut c = Command::new(lab.bin_dir.join("cilia-apiserver"));
-    c.arg("--listen")
-        .arg(format!("{}:6443", cp.spec.ip))
-        .arg("--kubeconfig-out")
-        .arg(&kubeconfig)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("apiserver.log"))?);
-    let mut child = spawn_in_netns(&mut c, &cp.ns.path())?;
-    std::fs::write(dir.join("agent.pid"), child.id().to_string())?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("apiserver stdout")?).read_line(&mut line)?;
-    if !line.starts_with("listening on") {
-        anyhow::bail!("cilia-apiserver did not start: {line:?}");
-    }
-    Ok((child, kubeconfig))
-}
-
 fn step(n: u32, title: &str) {
     println!("\n\x1b[1m{n}. {title}\x1b[0m");
 }
@@ -135,7 +109,7 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     println!("Cilia demo: eBPF networking for Kubernetes, on a lab built from network namespaces.");
 
     step(1, "The lab comes up");
-    let mut lab = Lab::up(default_nodes()).context("bringing the lab up")?;
+    let mut lab = Lab::up_kube_unconfigured(default_nodes()).context("bringing the lab up")?;
     println!(
         "   A LAN (bridge 172.18.0.0/16) joins three nodes and an outside client. Each node runs"
     );
@@ -154,9 +128,25 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         cilia_e2e::lab::CLIENT_IP
     );
     println!(
-        "   cilia-operator runs on control-plane ({}): it computes one intent per node and streams it",
+        "   The lab's Kubernetes API endpoint runs on control-plane:6443 (test infrastructure: an"
+    );
+    println!(
+        "   in-memory API server); each node is registered there as its kubelet would (InternalIP,"
+    );
+    println!("   podCIDR, labels):");
+    println!("     $ kubectl get nodes -o wide");
+    let kc = lab.kubeconfig()?.to_string_lossy().into_owned();
+    let kubectl = repo().join(".venv/bin/kubectl");
+    indent(&as_user(
+        &lab,
+        &kubectl,
+        &["--kubeconfig", &kc, "get", "nodes", "-o", "wide"],
+    )?);
+    println!(
+        "   cilia-operator runs on control-plane ({}): it watches the API server, computes one intent",
         lab.operator_addr()
     );
+    println!("   per node and streams it");
     println!(
         "   to each agent over gRPC with mutual TLS (every agent holds a certificate naming its node)."
     );
@@ -166,16 +156,10 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         "The user installs Cilia with the files they already have",
     );
     println!(
-        "   The lab's Kubernetes API endpoint runs on control-plane:6443 (test infrastructure: an"
+        "   From the client, the real Helm engine installs the chart with the seed values, unchanged,"
     );
-    println!(
-        "   in-memory API server). From the client, the real Helm engine installs the chart with the"
-    );
-    println!("   seed values, unchanged, and kubectl applies the seed objects:");
-    let (mut api, kubeconfig) = start_api_server(&lab)?;
-    let kc = kubeconfig.to_string_lossy().into_owned();
+    println!("   and kubectl applies the seed objects:");
     let helm = repo().join("tools/helm");
-    let kubectl = repo().join(".venv/bin/kubectl");
     let medium = seed("cilium-medium.yaml");
     println!(
         "     $ helm install cilia charts/cilia -n kube-system --create-namespace -f cilium-medium.yaml"
@@ -221,12 +205,6 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         "     $ kubectl apply -f lb-pool.yaml -f l2-policy.yaml -f ccnp-control-plane.yaml -f deathstar-svc.yaml -f http-sw-app.yaml"
     );
     indent(&as_user(&lab, &kubectl, &args)?);
-    println!("     $ kubectl get ippools");
-    indent(&as_user(
-        &lab,
-        &kubectl,
-        &["--kubeconfig", &kc, "get", "ippools"],
-    )?);
     let masq = as_user(
         &lab,
         &kubectl,
@@ -243,12 +221,47 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         ],
     )?;
     println!(
-        "   cilium-config now says enable-bpf-masquerade={masq}. (The operator reads the cluster API in"
+        "   cilium-config now says enable-bpf-masquerade={masq}; the operator picked it up (routing,"
     );
     println!(
-        "   a coming step; today it takes node facts from the lab, so pools and Services are stored but"
+        "   datapath settings) and LB-IPAM gave the seed LoadBalancer Service an address from the seed pool:"
     );
-    println!("   not yet acted on.)");
+    let mut external = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while external.is_empty() && std::time::Instant::now() < deadline {
+        external = as_user(
+            &lab,
+            &kubectl,
+            &[
+                "--kubeconfig",
+                &kc,
+                "get",
+                "svc",
+                "deathstar-lb",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ],
+        )?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if external.is_empty() {
+        anyhow::bail!(
+            "deathstar-lb got no address; operator log:\n{}",
+            lab.operator_log()
+        );
+    }
+    println!("     $ kubectl get svc deathstar-lb");
+    indent(&as_user(
+        &lab,
+        &kubectl,
+        &["--kubeconfig", &kc, "get", "svc", "deathstar-lb"],
+    )?);
+    println!("     $ kubectl get ippools");
+    indent(&as_user(
+        &lab,
+        &kubectl,
+        &["--kubeconfig", &kc, "get", "ippools"],
+    )?);
 
     step(3, "Pods are created by the cilia-cni plugin");
     println!(
@@ -365,8 +378,6 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         println!("When done: make lab-clean");
         std::mem::forget(lab);
     } else {
-        let _ = api.kill();
-        let _ = api.wait();
         drop(lab);
         println!("\nThe lab is torn down: namespaces, processes and pinned objects are gone.");
     }
