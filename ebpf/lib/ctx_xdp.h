@@ -10,6 +10,8 @@ typedef struct xdp_md lb_ctx;
 
 #define CTX_PASS XDP_PASS
 #define CTX_DROP XDP_DROP
+/* Headers can be rewritten in place with checksums computed in registers (lb4_rewrite). */
+#define CTX_DIRECT_WRITES 1
 
 /* ctx_l4_csum_replace flags (size in the low bits, as for bpf_l4_csum_replace). */
 #define CTX_CSUM_PSEUDO 0x10	/* the changed word is part of the pseudo header (an address) */

@@ -4,6 +4,9 @@
 #include <stddef.h>
 #include "endpoint.h"
 #include "lb_maps.h"
+#include "masq_maps.h"
+#include "l2.h"
+#include "policy.h"
 
 #define SIZE(t) printf("pub const SIZE_%s: usize = %zu;\n", #t, sizeof(struct t))
 #define CONST(n) printf("pub const %s: u32 = %u;\n", #n, (unsigned)(n))
@@ -113,5 +116,90 @@ int main(void)
 	CONST(LB_DSR_OPT_TYPE);
 	CONST(LB_DSR_OPT_LEN);
 	CONST(LB_C_MAX);
+	SIZE(l2_responder_key);
+	OFF(l2_responder_key, ip4);
+	OFF(l2_responder_key, ifindex);
+	SIZE(l2_responder_entry);
+	OFF(l2_responder_entry, mac);
+	OFF(l2_responder_entry, responses_sent);
+	CONST(CILIA_L2_RESPONDER_MAX);
+
+	/* Masquerading (masq_maps.h). */
+	SIZE(masq4_tuple);
+	OFF(masq4_tuple, saddr);
+	OFF(masq4_tuple, daddr);
+	OFF(masq4_tuple, sport);
+	OFF(masq4_tuple, dport);
+	OFF(masq4_tuple, proto);
+	OFF(masq4_tuple, dir);
+	SIZE(masq4_nat_entry);
+	OFF(masq4_nat_entry, to_addr);
+	OFF(masq4_nat_entry, to_port);
+	OFF(masq4_nat_entry, created_ns);
+	SIZE(masq4_frag_key);
+	OFF(masq4_frag_key, saddr);
+	OFF(masq4_frag_key, daddr);
+	OFF(masq4_frag_key, id);
+	OFF(masq4_frag_key, proto);
+	SIZE(ipmasq4_key);
+	OFF(ipmasq4_key, prefixlen);
+	OFF(ipmasq4_key, addr);
+	SIZE(masq_config);
+	OFF(masq_config, node_addr);
+	OFF(masq_config, pod_net);
+	OFF(masq_config, pod_mask);
+	OFF(masq_config, hash_seed);
+	OFF(masq_config, port_min);
+	OFF(masq_config, port_max);
+	OFF(masq_config, flags);
+	CONST(CILIA_MASQ_NAT_MAX);
+	CONST(CILIA_IPMASQ_MAX);
+	CONST(CILIA_MASQ_CLUSTER_MAX);
+	CONST(CILIA_MASQ_FRAG_MAX);
+	CONST(MASQ_PORT_RETRIES);
+	CONST(MASQ_DIR_OUT);
+	CONST(MASQ_DIR_IN);
+	CONST(MASQ_F_ENABLED);
+	CONST(MASQ_C_MAX);
+	SIZE(ipcache_key);
+	OFF(ipcache_key, addr);
+	SIZE(ipcache_value);
+	SIZE(policy_key);
+	OFF(policy_key, d);
+	SIZE(policy_key_data);
+	OFF(policy_key_data, ep_id);
+	OFF(policy_key_data, dir);
+	OFF(policy_key_data, identity);
+	OFF(policy_key_data, proto);
+	OFF(policy_key_data, dport);
+	SIZE(policy_value);
+	OFF(policy_value, rule);
+	OFF(policy_value, verdict);
+	SIZE(policy_ep_config);
+	OFF(policy_ep_config, ingress_enforced);
+	OFF(policy_ep_config, egress_enforced);
+	OFF(policy_ep_config, audit);
+	SIZE(policy_ct_key);
+	OFF(policy_ct_key, ep_id);
+	OFF(policy_ct_key, proto);
+	SIZE(policy_event);
+	OFF(policy_event, ep_id);
+	OFF(policy_event, saddr);
+	OFF(policy_event, daddr);
+	OFF(policy_event, identity);
+	OFF(policy_event, rule);
+	OFF(policy_event, sport);
+	OFF(policy_event, dport);
+	OFF(policy_event, proto);
+	OFF(policy_event, dir);
+	OFF(policy_event, verdict);
+	CONST(POLICY_KEY_FIXED_BITS);
+	CONST(POLICY_ALLOW);
+	CONST(POLICY_DENY);
+	CONST(POLICY_VERDICT_DROP_DEFAULT);
+	CONST(POLICY_VERDICT_AUDIT);
+	CONST(CILIA_POLICY_MAX);
+	CONST(CILIA_IPCACHE_MAX);
+
 	return 0;
 }

@@ -28,6 +28,14 @@
 #define ICMP_T_TIME_EXCEEDED 11
 #define ICMP_T_PARAMETERPROB 12
 
+/* The backend with this id, or NULL (an array slot: inlined lookup; address 0 is an empty slot). */
+static __always_inline struct lb4_backend *lb4_backend_get(__u32 id)
+{
+	struct lb4_backend *b = bpf_map_lookup_elem(&cilia_lb4_backend_ids, &id);
+
+	return b && b->address ? b : NULL;
+}
+
 /* murmur3's finaliser: every input bit flips about half the output bits. */
 static __always_inline __u32 lb_mix32(__u32 h)
 {
@@ -109,6 +117,74 @@ static __always_inline int lb4_set_port(lb_ctx *ctx, struct pkt4 *p, int src, __
 	return 0;
 }
 
+/* One's-complement change of a checksum when a 32-bit / 16-bit covered word changes (RFC 1624:
+ * ~old + new), unfolded so several changes add up before one fold. */
+static __always_inline __u32 csum_delta4(__u32 from, __u32 to)
+{
+	return (__u16)~(from & 0xffff) + (__u16)~(from >> 16) + (to & 0xffff) + (to >> 16);
+}
+
+static __always_inline __u32 csum_delta2(__u16 from, __u16 to)
+{
+	return (__u16)~from + (__u32)to;
+}
+
+static __always_inline __u16 csum_apply(__u16 check, __u32 delta)
+{
+	return (__u16)~csum_fold32((__u32)(__u16)~check + delta);
+}
+
+/* Rewrites both ends (address and port) at once. On XDP the four fields and both checksums are
+ * written directly, the checksum changes summed in registers and folded once (the hit path's
+ * rewrite); on TC through the helpers, which keep the skb's checksum state right. */
+static __always_inline int lb4_rewrite(lb_ctx *ctx, struct pkt4 *p, __be32 saddr, __be16 sport,
+				       __be32 daddr, __be16 dport)
+{
+#ifdef CTX_DIRECT_WRITES
+	void *data = ctx_data(ctx);
+	void *end = ctx_data_end(ctx);
+	struct iphdr *ip = data + ETH_HLEN;
+	__u32 delta = csum_delta4(p->saddr, saddr) + csum_delta4(p->daddr, daddr);
+
+	if ((void *)(ip + 1) > end)
+		return -1;
+	ip->saddr = saddr;
+	ip->daddr = daddr;
+	ip->check = csum_apply(ip->check, delta);
+	if (p->has_l4 && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)) {
+		__u32 off = p->l4_off;
+		__be16 *ports;
+		__u16 *cs;
+
+		if (off > ETH_HLEN + IPV4_IHL_MAX * 4)
+			return -1;
+		ports = data + off;
+		cs = data + off + (p->proto == IPPROTO_TCP ? TCP_CSUM_OFF : UDP_CSUM_OFF);
+		if ((void *)(ports + 2) > end || (void *)(cs + 1) > end)
+			return -1;
+		delta += csum_delta2(ports[0], sport) + csum_delta2(ports[1], dport);
+		ports[0] = sport;
+		ports[1] = dport;
+		/* A UDP datagram sent without checksum stays without one; a computed 0 is sent as ~0. */
+		if (p->proto == IPPROTO_TCP || *cs) {
+			__u16 n = csum_apply(*cs, delta);
+
+			*cs = (p->proto == IPPROTO_UDP && !n) ? CSUM_MANGLED_0 : n;
+		}
+	}
+	p->saddr = saddr;
+	p->daddr = daddr;
+	p->sport = sport;
+	p->dport = dport;
+	return 0;
+#else
+	if (lb4_set_addr(ctx, p, LB_SRC, saddr) || lb4_set_port(ctx, p, LB_SRC, sport) ||
+	    lb4_set_addr(ctx, p, LB_DST, daddr) || lb4_set_port(ctx, p, LB_DST, dport))
+		return -1;
+	return 0;
+#endif
+}
+
 /* Inserts the DSR option (VIP:port for the backend's node) right after the fixed IPv4 header. */
 static __always_inline int lb4_push_dsr_opt(lb_ctx *ctx, struct pkt4 *p, __be32 vip, __be16 vport)
 {
@@ -130,6 +206,29 @@ static __always_inline int lb4_push_dsr_opt(lb_ctx *ctx, struct pkt4 *p, __be32 
 	tos = ip->tos;
 	if (ctx_insert_after_iph(ctx, LB_DSR_OPT_LEN))
 		return -1;
+#ifdef CTX_DIRECT_WRITES
+	{
+		/* Written in place; the five checksum changes summed in registers, folded once. */
+		__u8 *d = ctx_data(ctx);
+		struct iphdr *nip = (void *)(d + ETH_HLEN);
+		__u8 *o = d + ETH_HLEN + sizeof(struct iphdr);
+		__u32 delta = csum_delta2(bpf_htons((old_vihl << 8) | tos),
+					  bpf_htons((new_vihl << 8) | tos)) +
+			      csum_delta2(old_len, new_len) + csum_delta2(0, opt_head) +
+			      csum_delta2(0, vport) + csum_delta4(0, vip);
+
+		(void)csum_off;
+		(void)opt_off;
+		if ((void *)(o + LB_DSR_OPT_LEN) > ctx_data_end(ctx))
+			return -1;
+		*(__u8 *)nip = new_vihl;
+		nip->tot_len = new_len;
+		*(__be16 *)o = opt_head;
+		*(__be16 *)(o + 2) = vport;
+		*(__be32 *)(o + 4) = vip;
+		nip->check = csum_apply(nip->check, delta);
+	}
+#else
 	/* Version/IHL and TOS share the header's first checksum word. */
 	if (ctx_store1(ctx, p->l3_off, new_vihl) ||
 	    ctx_l3_csum_replace(ctx, csum_off, bpf_htons((old_vihl << 8) | tos),
@@ -143,6 +242,7 @@ static __always_inline int lb4_push_dsr_opt(lb_ctx *ctx, struct pkt4 *p, __be32 
 	    ctx_l3_csum_replace(ctx, csum_off, 0, vport, 2) ||
 	    ctx_l3_csum_replace(ctx, csum_off, 0, vip, 4))
 		return -1;
+#endif
 	p->ihl += LB_DSR_OPT_LEN / 4;
 	p->l4_off += LB_DSR_OPT_LEN;
 	p->tot_len = new_len;
@@ -167,14 +267,13 @@ static __always_inline int lb4_tx(lb_ctx *ctx, const __u8 *dmac, const __u8 *sma
  * (XDP could only redirect to devices that run XDP themselves), fragments and runs netfilter.
  * Answers that name a device are memoised per CPU for LB_FIB_MEMO_TTL_NS; missing routes or
  * neighbours are not, so the stack's resolution is picked up at once. */
-static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p)
+static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p, __u64 now)
 {
 	struct bpf_fib_lookup fib = {};
 	__u32 ifindex = ctx_ifindex(ctx);
 	__u16 len = bpf_ntohs(p->tot_len);
 	__u32 slot = lb_mix32(p->daddr ^ ifindex) & (CILIA_LB_FIB_MEMO_SLOTS - 1);
 	struct lb_fib_memo *m = bpf_map_lookup_elem(&cilia_lb_fib_memo, &slot);
-	__u64 now = bpf_ktime_get_coarse_ns();
 	long rc;
 
 	if (m && m->daddr == p->daddr && m->ifindex == ifindex && len <= m->ok_len &&
@@ -384,6 +483,42 @@ static __always_inline int lb4_snat_alloc(const struct pkt4 *p, const struct lb4
 	return -1;
 }
 
+#define TCP_F_FIN 0x01
+#define TCP_F_RST 0x04
+#define TCP_F_ACK 0x10
+
+/* How long a flow lives after this packet (in ticks), recording the TCP state it shows. */
+static __always_inline __u32 lb4_ct_lifetime(struct lb4_ct_entry *e, const struct pkt4 *p)
+{
+	if (p->proto != IPPROTO_TCP)
+		return LB_CT_TIMEOUT_NONTCP;
+	if (p->tcp_flags & (TCP_F_FIN | TCP_F_RST))
+		e->closing = 1;
+	if (p->tcp_flags & TCP_F_ACK)
+		e->seen_ack = 1;
+	if (e->closing)
+		return LB_CT_TIMEOUT_TCP_CLOSE;
+	return e->seen_ack ? LB_CT_TIMEOUT_TCP : LB_CT_TIMEOUT_TCP_SYN;
+}
+
+/* An expired SNATed flow gives its node port back: the reply tuple's NAT entry goes with it. */
+static __always_inline void lb4_ct_release(const struct lb4_ct_entry *e, const struct pkt4 *p)
+{
+	struct lb4_backend *bp;
+
+	if (e->fwd != LB_FWD_SNAT)
+		return;
+	bp = lb4_backend_get(e->backend_id);
+	if (!bp)
+		return;
+	struct lb4_tuple reply = {
+		.saddr = bp->address, .daddr = e->nat_addr, .sport = bp->port, .dport = e->nat_port,
+		.proto = p->proto,
+	};
+
+	bpf_map_delete_elem(&cilia_lb4_nat, &reply);
+}
+
 /* A packet for a known frontend: find (or keep) its backend and translate it. */
 static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const struct lb4_key *key,
 					     const struct lb4_service *svc, const struct lb_config *cfg)
@@ -395,13 +530,25 @@ static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const 
 	struct lb4_backend be;
 	__be32 vip = p->daddr;
 	__be16 vport = p->dport;
-	__u32 hash, id = 0;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 tick = now >> LB_CT_TICK_SHIFT;
+	__u32 hash, id = 0, expires;
 
 	lb4_tuple_of(p, &t);
 	ct = bpf_map_lookup_elem(&cilia_lb4_ct, &t);
 	if (ct && ct->rev_nat_index == svc->rev_nat_index) {
-		bp = bpf_map_lookup_elem(&cilia_lb4_backends, &ct->backend_id);
+		if ((__s32)(tick - ct->expires) > 0) {
+			/* Idle past its lifetime: forgotten, as if it had been evicted. */
+			lb_count(LB_C_CT_EXPIRED);
+			lb4_ct_release(ct, p);
+			goto new_flow;
+		}
+		bp = lb4_backend_get(ct->backend_id);
 		if (bp) {
+			/* Refreshed in place; written only when the tick or the TCP state moved. */
+			expires = tick + lb4_ct_lifetime(ct, p);
+			if (ct->expires != expires)
+				ct->expires = expires;
 			entry = *ct;
 			be = *bp;
 			lb_count(LB_C_CT_HIT);
@@ -410,6 +557,7 @@ static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const 
 		/* The backend was removed: this flow is broken anyway, give it a live one. */
 		lb_count(LB_C_CT_STALE);
 	}
+new_flow:
 	if (svc->count == 0) {
 		/* A known service without backends: the packet must not reach the stack as if the VIP
 		 * were local. Reject answers the client at once (not rate-limited: one reply of the
@@ -427,14 +575,14 @@ static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const 
 	hash = lb4_flow_hash(p, cfg->hash_seed);
 	if (svc->flags & LB_SVC_F_AFFINITY) {
 		id = lb4_affinity_get(p, svc);
-		if (id && bpf_map_lookup_elem(&cilia_lb4_backends, &id))
+		if (id && lb4_backend_get(id))
 			lb_count(LB_C_AFFINITY_HIT);
 		else
 			id = 0;
 	}
 	if (!id)
 		id = lb4_pick(key, svc, cfg, hash);
-	bp = bpf_map_lookup_elem(&cilia_lb4_backends, &id);
+	bp = lb4_backend_get(id);
 	if (!bp) {
 		/* The agent writes backends before the slots naming them; a miss is a bug, not a race. */
 		lb_count(LB_C_STALE_SLOT);
@@ -454,16 +602,17 @@ static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const 
 			return CTX_DROP;
 		entry.nat_addr = cfg->node_addr;
 	}
+	entry.expires = tick + lb4_ct_lifetime(&entry, p);
 	bpf_map_update_elem(&cilia_lb4_ct, &t, &entry, BPF_ANY);
 	if (svc->flags & LB_SVC_F_AFFINITY)
 		lb4_affinity_put(p, svc, id);
 
 xlate:
 	if (entry.fwd == LB_FWD_SNAT) {
-		if (lb4_set_addr(ctx, p, LB_SRC, entry.nat_addr) ||
-		    lb4_set_port(ctx, p, LB_SRC, entry.nat_port))
+		if (lb4_rewrite(ctx, p, entry.nat_addr, entry.nat_port, be.address, be.port))
 			return CTX_DROP;
 		lb_count(LB_C_FWD_SNAT);
+		return lb4_xmit(ctx, p, now);
 	} else if (entry.fwd == LB_FWD_DSR) {
 		/* Only packets with ports carry the option: that is what the backend side keys on. An
 		 * established flow whose packet has no room keeps going without it (already recorded). */
@@ -481,9 +630,9 @@ xlate:
 		bpf_map_update_elem(&cilia_lb4_dsr, &reply, &rev, BPF_ANY);
 		lb_count(LB_C_FWD_LOCAL);
 	}
-	if (lb4_set_addr(ctx, p, LB_DST, be.address) || lb4_set_port(ctx, p, LB_DST, be.port))
+	if (lb4_rewrite(ctx, p, p->saddr, p->sport, be.address, be.port))
 		return CTX_DROP;
-	return lb4_xmit(ctx, p);
+	return lb4_xmit(ctx, p, now);
 }
 
 /* A reply of an SNATed flow (backend -> node:port): restore VIP:port -> client:port. */
@@ -500,23 +649,43 @@ static __always_inline int lb4_rev_snat(lb_ctx *ctx, struct pkt4 *p, const struc
 		return CTX_PASS;
 	}
 	fe = *rn;
-	if (lb4_set_addr(ctx, p, LB_SRC, fe.address) || lb4_set_port(ctx, p, LB_SRC, fe.port) ||
-	    lb4_set_addr(ctx, p, LB_DST, n.client_addr) || lb4_set_port(ctx, p, LB_DST, n.client_port))
+	if (lb4_rewrite(ctx, p, fe.address, fe.port, n.client_addr, n.client_port))
 		return CTX_DROP;
 	lb_count(LB_C_REV_SNAT);
-	return lb4_xmit(ctx, p);
+	return lb4_xmit(ctx, p, bpf_ktime_get_coarse_ns());
 }
 
-/* ICMP errors to the node about a packet it SNATed (node:port -> backend) are counted and passed
- * untranslated: the stack finds no socket for them and drops them. Translating the quoted header
- * back to the client is left for later; everything else ICMP is not ours. */
-static __always_inline int lb4_icmp(lb_ctx *ctx, const struct pkt4 *p, const struct lb_config *cfg)
+/* What an ICMP error quotes of the offending packet: its IPv4 header (no options) and the first 8
+ * bytes of its L4 header (ports; for UDP also length and checksum). */
+struct lb4_icmp_quote {
+	struct iphdr ip;
+	__be16 sport;
+	__be16 dport;
+	__be16 w2;	/* UDP length / TCP sequence (high) */
+	__be16 w3;	/* UDP checksum / TCP sequence (low) */
+};
+_Static_assert(sizeof(struct lb4_icmp_quote) == 28, "IPv4 header + 8 bytes");
+
+/* An ICMP error to the node about a packet it SNATed (node:port -> backend, from the backend or a
+ * router on the way, e.g. "fragmentation needed"): translated back into the error the client's
+ * stack expects for its own flow (client:port -> VIP:port), and sent towards the client:
+ *  - quoted header: source node:port -> client:port, destination backend -> VIP:port, quoted IPv4
+ *    checksum updated, quoted UDP checksum too when there is one;
+ *  - outer: destination node -> client; source backend -> VIP when the backend itself sent it
+ *    (a router's address stays);
+ *  - ICMP checksum: the quoted IPv4 header sums to the same value after the update (its checksum
+ *    moves opposite to the addresses), so only the ports and the UDP checksum change it.
+ * Errors about anything else, and quotes with IPv4 options, are the stack's. */
+static __always_inline int lb4_icmp(lb_ctx *ctx, struct pkt4 *p, const struct lb_config *cfg)
 {
-	void *data = ctx_data(ctx);
-	void *end = ctx_data_end(ctx);
-	struct iphdr *in;
-	__be16 *ports;
-	__u32 off;
+	struct lb4_icmp_quote q;
+	struct lb4_nat_entry *nat;
+	struct lb4_nat_entry n;
+	struct lb4_reverse_nat *rn;
+	struct lb4_reverse_nat fe;
+	__be32 backend;
+	__be16 old_sport, old_dport, old_w3, w3;
+	__u32 off, csum_off;
 
 	if (!p->has_l4 || p->daddr != cfg->node_addr)
 		return CTX_PASS;
@@ -524,23 +693,56 @@ static __always_inline int lb4_icmp(lb_ctx *ctx, const struct pkt4 *p, const str
 	    p->icmp_type != ICMP_T_PARAMETERPROB)
 		return CTX_PASS;
 	off = p->l4_off + sizeof(struct icmp4hdr);
-	if (off > ETH_HLEN + 60)
+	csum_off = p->l4_off + ICMP_CSUM_OFF;
+	if (ctx_load_bytes(ctx, off, &q, sizeof(q)))
 		return CTX_PASS;
-	in = data + off;
-	if ((void *)(in + 1) > end || (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP))
-		return CTX_PASS;
-	off += ((__u32)in->ihl & 0xf) * 4;
-	ports = data + off;
-	if ((void *)(ports + 2) > end)
+	if (q.ip.ihl != 5 || (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP) ||
+	    q.ip.saddr != cfg->node_addr)
 		return CTX_PASS;
 	struct lb4_tuple reply = {
-		.saddr = in->daddr, .daddr = in->saddr, .sport = ports[1], .dport = ports[0],
-		.proto = in->protocol,
+		.saddr = q.ip.daddr, .daddr = q.ip.saddr, .sport = q.dport, .dport = q.sport,
+		.proto = q.ip.protocol,
 	};
 
-	if (bpf_map_lookup_elem(&cilia_lb4_nat, &reply))
-		lb_count(LB_C_ICMP_ERR_FLOW);
-	return CTX_PASS;
+	nat = bpf_map_lookup_elem(&cilia_lb4_nat, &reply);
+	if (!nat)
+		return CTX_PASS;
+	n = *nat;
+	rn = bpf_map_lookup_elem(&cilia_lb4_reverse_nat, &n.rev_nat_index);
+	if (!rn)
+		return CTX_PASS;
+	fe = *rn;
+	backend = q.ip.daddr;
+	old_sport = q.sport;
+	old_dport = q.dport;
+	old_w3 = q.w3;
+	q.ip.check = csum_replace4(q.ip.check, q.ip.saddr, n.client_addr);
+	q.ip.check = csum_replace4(q.ip.check, q.ip.daddr, fe.address);
+	w3 = q.w3;
+	if (q.ip.protocol == IPPROTO_UDP && w3) {
+		w3 = csum_replace4(w3, q.ip.saddr, n.client_addr);
+		w3 = csum_replace4(w3, q.ip.daddr, fe.address);
+		w3 = csum_replace2(w3, old_sport, n.client_port);
+		w3 = csum_replace2(w3, old_dport, fe.port);
+		if (!w3)
+			w3 = CSUM_MANGLED_0;
+		q.w3 = w3;
+	}
+	q.ip.saddr = n.client_addr;
+	q.ip.daddr = fe.address;
+	q.sport = n.client_port;
+	q.dport = fe.port;
+	if (ctx_store_bytes(ctx, off, &q, sizeof(q)) ||
+	    ctx_l4_csum_replace(ctx, csum_off, old_sport, n.client_port, 2) ||
+	    ctx_l4_csum_replace(ctx, csum_off, old_dport, fe.port, 2) ||
+	    ctx_l4_csum_replace(ctx, csum_off, old_w3, w3, 2))
+		return CTX_DROP;
+	if (p->saddr == backend && lb4_set_addr(ctx, p, LB_SRC, fe.address))
+		return CTX_DROP;
+	if (lb4_set_addr(ctx, p, LB_DST, n.client_addr))
+		return CTX_DROP;
+	lb_count(LB_C_ICMP_ERR_FLOW);
+	return lb4_xmit(ctx, p, bpf_ktime_get_coarse_ns());
 }
 
 /* Entry of the load balancer on a node device's ingress (XDP or TC). */

@@ -17,7 +17,12 @@
  *    TC ingress records the reply translation in cilia_lb4_dsr and whose TC egress applies it.
  *  - Fragments: the first one is translated by its ports, which cilia_lb4_frag remembers for the later
  *    ones (same datagram id); a later fragment of an unknown datagram is passed to the stack.
- *  - ICMP errors about SNATed flows are counted and passed untranslated (see lb4_icmp).
+ *  - Conntrack entries carry an expiry (Cilium's timeouts: TCP SYN 60s, established 6h, closing
+ *    10s, UDP 60s), refreshed by the client's packets; an expired entry is replaced (and its SNAT
+ *    port released) by the next packet of the tuple.
+ *  - ICMP errors about SNATed flows (to node:port, quoting node:port -> backend) are translated
+ *    back: outer destination the client, outer source the VIP when the backend sent it, the quoted
+ *    header client:port -> VIP:port, with the quoted IPv4 (and UDP) and the ICMP checksums.
  *  - A service without backends drops, or with LB_SVC_F_REJECT answers ICMP port unreachable from
  *    the frontend (packets with IPv4 options are dropped instead, both counted as reject).
  *  - After a rewrite the next hop comes from bpf_fib_lookup (memoised per CPU, cilia_lb_fib_memo):
@@ -126,11 +131,25 @@ struct lb4_ct_entry {
 	__u32 backend_id;
 	__u32 rev_nat_index;
 	__u8 fwd;
-	__u8 pad[3];
+	__u8 closing;		/* TCP: a FIN or RST was seen, the close timeout applies from now on */
+	__u8 seen_ack;		/* TCP: past the handshake (a packet with ACK was seen) */
+	__u8 pad;
 	__be32 nat_addr;
 	__be16 nat_port;
 	__u16 pad2;
+	__u32 expires;		/* in ticks of bpf_ktime_get_coarse_ns() >> LB_CT_TICK_SHIFT: past it the
+				 * entry is dead */
 };
+
+/* Conntrack lifetimes, Cilium's defaults (bpf-ct-timeout-*): a flow is forgotten after this long
+ * without a packet from its client. Kept in ticks of 2^30 ns (a shift, not a division, on the hit
+ * path), rounded up: each lifetime is the configured one or at most one tick (1.07 s) longer. */
+#define LB_CT_TICK_SHIFT 30
+#define LB_CT_TICKS(s) ((__u32)((((__u64)(s)) * 1000000000ull + (1ull << LB_CT_TICK_SHIFT) - 1) >> LB_CT_TICK_SHIFT))
+#define LB_CT_TIMEOUT_TCP_SYN LB_CT_TICKS(60)	/* handshake not complete */
+#define LB_CT_TIMEOUT_TCP LB_CT_TICKS(21600)	/* established (6h) */
+#define LB_CT_TIMEOUT_TCP_CLOSE LB_CT_TICKS(10)	/* after FIN or RST */
+#define LB_CT_TIMEOUT_NONTCP LB_CT_TICKS(60)	/* UDP */
 
 /* SNAT state keyed by the reply tuple (backend -> node:port): the client the reply belongs to. */
 struct lb4_nat_entry {
@@ -217,7 +236,7 @@ enum lb_counter {
 	LB_C_FRAG_FIRST,	/* first fragment translated, its ports remembered */
 	LB_C_FRAG_LATER_FWD,	/* non-first fragment translated with the remembered ports */
 	LB_C_FRAG_LATER_UNKNOWN, /* non-first fragment of an unknown datagram: passed */
-	LB_C_ICMP_ERR_FLOW,	/* ICMP error about a translated flow: passed untranslated */
+	LB_C_ICMP_ERR_FLOW,	/* ICMP error about an SNATed flow: translated back to its client */
 	LB_C_MALFORMED,		/* truncated or bogus header: passed for the stack to judge */
 	LB_C_XMIT_TX,		/* sent back out of the device it came in on */
 	LB_C_XMIT_STACK,	/* other device, no neighbour or no route: the stack forwards it */
@@ -226,6 +245,7 @@ enum lb_counter {
 	LB_C_AFFINITY_HIT,	/* new flow followed its client's affinity */
 	LB_C_STALE_SLOT,	/* a slot names a backend that is not in the backends map: dropped */
 	LB_C_FIB_MEMO_HIT,	/* next hop taken from the per-CPU FIB memo */
+	LB_C_CT_EXPIRED,	/* a conntrack entry past its lifetime: the flow starts over */
 	LB_C_MAX
 };
 
@@ -244,6 +264,19 @@ struct {
 	__type(value, struct lb4_backend);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_lb4_backends SEC(".maps");
+
+/* The same backends as an array indexed by id: what the datapath reads, since the verifier inlines
+ * an array lookup (a few instructions) where a hash lookup is a call that hashes the key. The hash
+ * above is the agent's view (read back and diffed, cheap to list); the agent writes both, zeroing
+ * a slot when its backend goes. A slot with address 0 is no backend. One more entry than backends:
+ * ids start at 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CILIA_LB_BACKENDS_MAX + 1);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lb4_backend_ids SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -49,7 +49,8 @@ struct pkt4 {
 	__u8 frag;
 	__u8 has_l4;		/* the L4 header is in this packet (not a later fragment) */
 	__u8 icmp_type;
-	__u8 pad[3];
+	__u8 tcp_flags;		/* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 pad[2];
 };
 
 static __always_inline __u32 pkt4_l4_csum_off(const struct pkt4 *p)
@@ -82,6 +83,7 @@ static __always_inline int parse_ipv4(lb_ctx *ctx, struct pkt4 *p)
 	p->sport = 0;
 	p->dport = 0;
 	p->icmp_type = 0;
+	p->tcp_flags = 0;
 
 	__u16 frag = bpf_ntohs(ip->frag_off);
 
@@ -103,6 +105,7 @@ static __always_inline int parse_ipv4(lb_ctx *ctx, struct pkt4 *p)
 			return PARSE_MALFORMED;
 		p->sport = ((struct tcphdr *)l4)->source;
 		p->dport = ((struct tcphdr *)l4)->dest;
+		p->tcp_flags = ((__u8 *)l4)[13];
 		break;
 	case IPPROTO_UDP:
 		if (l4 + sizeof(struct udphdr) > end)

@@ -56,6 +56,79 @@ pub enum BpfError {
     },
 }
 
+/// Where a TCX program goes in its hook's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainPosition {
+    /// Before every other program (policy and ARP answers must not wait behind anything).
+    First,
+    /// After the programs already there.
+    Last,
+}
+
+/// Attaches `prog` (already loaded, named `name` in errors) at `attach_type` of `iface` through a
+/// TCX link pinned at `pin`. A link an earlier agent pinned there is taken over and its program
+/// swapped atomically, so traffic never sees a gap; a stale pin (its device was recreated) is
+/// replaced by a new attachment. Returns whether a new attachment was made (a datapath write).
+pub fn attach_tcx_pinned(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    attach_type: TcAttachType,
+    position: ChainPosition,
+    pin: &Path,
+    dir: &'static str,
+) -> Result<bool, BpfError> {
+    let link_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Link {
+        iface: iface.to_string(),
+        dir,
+        source,
+    };
+    let reused = if pin.exists() {
+        PinnedLink::from_pin(pin)
+            .ok()
+            .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).ok())
+            .and_then(|l| prog.attach_to_link(l).ok())
+    } else {
+        None
+    };
+    // The old pin goes either way: re-pinned below from the link now held.
+    let _ = std::fs::remove_file(pin);
+    let new = reused.is_none();
+    let id = match reused {
+        Some(id) => id,
+        None => {
+            let order = match position {
+                ChainPosition::First => LinkOrder::first(),
+                ChainPosition::Last => LinkOrder::default(),
+            };
+            prog.attach_with_options(iface, attach_type, TcAttachOptions::TcxOrder(order))
+                .map_err(|e| link_err(Box::new(e)))?
+        }
+    };
+    let link = prog.take_link(id).map_err(|e| link_err(Box::new(e)))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: LinkError| link_err(Box::new(e)))?;
+    fd.pin(pin).map_err(|e| link_err(Box::new(e)))?;
+    Ok(new)
+}
+
+/// Interfaces (name, ifindex) whose links are pinned in `dir` as `<iface>_<ifindex>_<hook>`.
+pub fn pinned_link_ifaces(dir: &Path) -> BTreeSet<(String, u32)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let mut parts = name.rsplitn(3, '_');
+            let _dir = parts.next()?;
+            let ifindex = parts.next()?.parse().ok()?;
+            let iface = parts.next()?.to_string();
+            Some((iface, ifindex))
+        })
+        .collect()
+}
+
 /// The two programs attached to a pod's host-side veth, and where their links are pinned.
 const ENDPOINT_HOOKS: [(&str, TcAttachType, &str); 2] = [
     ("cil_from_container", TcAttachType::Ingress, "ingress"),
@@ -104,55 +177,13 @@ impl EndpointDatapath {
     pub fn attach(&mut self, iface: &str, ifindex: u32) -> Result<(), BpfError> {
         for (name, attach_type, dir) in ENDPOINT_HOOKS {
             let pin = self.link_pin(iface, ifindex, dir);
-            let link_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Link {
-                iface: iface.to_string(),
-                dir,
-                source,
-            };
             let prog: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)
                 .expect("program is in the object")
                 .try_into()
                 .map_err(|source| BpfError::Program { name, source })?;
-            let reused = if !pin.exists() {
-                None
-            } else {
-                let old: Result<SchedClassifierLink, _> = PinnedLink::from_pin(&pin)
-                    .map_err(|e| link_err(Box::new(e)))
-                    .and_then(|p| {
-                        FdLink::from(p)
-                            .try_into()
-                            .map_err(|e: LinkError| link_err(Box::new(e)))
-                    });
-                match old.map(|l| prog.attach_to_link(l)) {
-                    Ok(Ok(id)) => Some(id),
-                    // The device behind the old link is gone: drop the pin, attach anew.
-                    _ => {
-                        let _ = std::fs::remove_file(&pin);
-                        None
-                    }
-                }
-            };
-            let was_reused = reused.is_some();
-            let id = match reused {
-                Some(id) => id,
-                None => prog
-                    .attach_with_options(
-                        iface,
-                        attach_type,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| link_err(Box::new(e)))?,
-            };
-            let link = prog.take_link(id).map_err(|e| link_err(Box::new(e)))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: LinkError| link_err(Box::new(e)))?;
-            if was_reused {
-                let _ = std::fs::remove_file(&pin);
-            }
-            fd.pin(&pin).map_err(|e| link_err(Box::new(e)))?;
+            attach_tcx_pinned(prog, iface, attach_type, ChainPosition::Last, &pin, dir)?;
         }
         Ok(())
     }
@@ -195,19 +226,7 @@ impl EndpointDatapath {
 
 /// Interfaces (name, ifindex) with pinned endpoint links under `pin_dir`.
 pub fn pinned_ifaces(pin_dir: &Path) -> BTreeSet<(String, u32)> {
-    let Ok(rd) = std::fs::read_dir(pin_dir.join(LINKS_DIR)) else {
-        return BTreeSet::new();
-    };
-    rd.filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let mut parts = name.rsplitn(3, '_');
-            let _dir = parts.next()?;
-            let ifindex = parts.next()?.parse().ok()?;
-            let iface = parts.next()?.to_string();
-            Some((iface, ifindex))
-        })
-        .collect()
+    pinned_link_ifaces(&pin_dir.join(LINKS_DIR))
 }
 
 /// Reads the pinned endpoint counters of a node, summed over CPUs, by ifindex.

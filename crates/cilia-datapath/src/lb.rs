@@ -472,13 +472,10 @@ fn proto_name(n: u8) -> String {
         .unwrap_or_else(|| n.to_string())
 }
 
-/// Renders the entries as `cilium-dbg bpf lb list` does: one row per slot, slot 0 as the service's
-/// master entry `0.0.0.0:0 (revnat) (0) [flags]`.
-pub fn format_lb_list(e: &LbEntries) -> String {
-    let mut rows = vec![(
-        "SERVICE ADDRESS".to_string(),
-        "BACKEND ADDRESS (REVNAT_ID) (SLOT)".to_string(),
-    )];
+/// The rows of `cilium-dbg bpf lb list`, sorted: (`vip:port/PROTO (slot)`, backend cell), slot 0 as
+/// the service's master entry `0.0.0.0:0 (revnat) (0) [flags]`.
+pub fn lb_list_rows(e: &LbEntries) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
     let mut keys: Vec<&Lb4Key> = e.services.keys().collect();
     keys.sort_by_key(|k| {
         (
@@ -519,6 +516,17 @@ pub fn format_lb_list(e: &LbEntries) -> String {
         };
         rows.push((left, right));
     }
+    rows
+}
+
+/// Renders the entries as `cilium-dbg bpf lb list` does: one row per slot, slot 0 as the service's
+/// master entry `0.0.0.0:0 (revnat) (0) [flags]`.
+pub fn format_lb_list(e: &LbEntries) -> String {
+    let mut rows = vec![(
+        "SERVICE ADDRESS".to_string(),
+        "BACKEND ADDRESS (REVNAT_ID) (SLOT)".to_string(),
+    )];
+    rows.extend(lb_list_rows(e));
     // Go's tabwriter as cilium-dbg sets it up: cells padded to the widest plus 3 spaces.
     let w = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 3;
     let mut out = String::new();

@@ -2,7 +2,7 @@
 //! node's bpffs directory (both objects, and a restarted agent, share the same maps), writes
 //! [`LbDiff`]s and the node config, attaches with pinned links, and reads the maps back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +37,8 @@ const TC_PROGS: [&str; 3] = [TC_LB_INGRESS_PROG, TC_DSR_INGRESS_PROG, TC_DSR_EGR
 
 pub const SERVICES_MAP: &str = "cilia_lb4_services";
 pub const BACKENDS_MAP: &str = "cilia_lb4_backends";
+/// The backends again, as an array by id: what the datapath reads (see lb_maps.h).
+pub const BACKEND_IDS_MAP: &str = "cilia_lb4_backend_ids";
 pub const REVNAT_MAP: &str = "cilia_lb4_reverse_nat";
 pub const MAGLEV_MAP: &str = "cilia_lb4_maglev";
 pub const CT_MAP: &str = "cilia_lb4_ct";
@@ -101,6 +103,7 @@ impl LbMapSizes {
     fn apply<'a>(&self, l: &mut EbpfLoader<'a>) {
         l.map_max_entries(SERVICES_MAP, self.services)
             .map_max_entries(BACKENDS_MAP, self.backends)
+            .map_max_entries(BACKEND_IDS_MAP, self.backends + 1)
             .map_max_entries(REVNAT_MAP, self.rev_nat)
             .map_max_entries(MAGLEV_MAP, self.maglev)
             .map_max_entries(CT_MAP, self.ct)
@@ -215,7 +218,7 @@ impl LbDatapath {
                 name: XDP_LB_PROG,
                 source,
             })?;
-        prog.load().map_err(|source| BpfError::Program {
+        retry_eagain(|| prog.load()).map_err(|source| BpfError::Program {
             name: XDP_LB_PROG,
             source,
         })?;
@@ -226,14 +229,29 @@ impl LbDatapath {
                 .expect("program is in the object")
                 .try_into()
                 .map_err(|source| BpfError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| BpfError::Program { name, source })?;
+            retry_eagain(|| prog.load()).map_err(|source| BpfError::Program { name, source })?;
         }
-        Ok(LbDatapath {
+        let mut dp = LbDatapath {
             xdp,
             tc,
             pin_dir: pin_dir.to_path_buf(),
-        })
+        };
+        dp.sync_backend_ids()?;
+        Ok(dp)
+    }
+
+    /// Makes the backend array agree with the backend hash (the agent's view), writing only slots
+    /// that differ: nothing on a restart, everything once after an upgrade that added the array.
+    fn sync_backend_ids(&mut self) -> Result<(), BpfError> {
+        let want: BTreeMap<u32, Lb4Backend> = hash_entries(self.map(BACKENDS_MAP), BACKENDS_MAP)?;
+        let mut a: Array<&mut MapData, Lb4Backend> =
+            Array::try_from(self.map_mut(BACKEND_IDS_MAP)).map_err(map_err(BACKEND_IDS_MAP))?;
+        for (id, b) in want {
+            if a.get(&id, 0).ok() != Some(b) {
+                a.set(id, b, 0).map_err(map_err(BACKEND_IDS_MAP))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -298,6 +316,13 @@ impl LbDatapath {
             }
         }
         {
+            let mut a: Array<&mut MapData, Lb4Backend> =
+                Array::try_from(self.map_mut(BACKEND_IDS_MAP)).map_err(map_err(BACKEND_IDS_MAP))?;
+            for (k, v) in &diff.backends.upserts {
+                a.set(*k, v, 0).map_err(map_err(BACKEND_IDS_MAP))?;
+            }
+        }
+        {
             let mut m: HashMap<&mut MapData, u32, Lb4ReverseNat> =
                 HashMap::try_from(self.map_mut(REVNAT_MAP)).map_err(map_err(REVNAT_MAP))?;
             for (k, v) in &diff.rev_nat.upserts {
@@ -340,6 +365,14 @@ impl LbDatapath {
                 remove_present(m.remove(k)).map_err(map_err(REVNAT_MAP))?;
             }
         }
+        {
+            let mut a: Array<&mut MapData, Lb4Backend> =
+                Array::try_from(self.map_mut(BACKEND_IDS_MAP)).map_err(map_err(BACKEND_IDS_MAP))?;
+            for k in &diff.backends.deletes {
+                a.set(*k, Lb4Backend::default(), 0)
+                    .map_err(map_err(BACKEND_IDS_MAP))?;
+            }
+        }
         let mut m: HashMap<&mut MapData, u32, Lb4Backend> =
             HashMap::try_from(self.map_mut(BACKENDS_MAP)).map_err(map_err(BACKENDS_MAP))?;
         for k in &diff.backends.deletes {
@@ -360,6 +393,17 @@ impl LbDatapath {
     /// Conntrack entries (client flow → backend, SNAT port).
     pub fn ct_entries(&self) -> Result<BTreeMap<Lb4Tuple, crate::lb_maps::Lb4CtEntry>, BpfError> {
         hash_entries(self.map(CT_MAP), CT_MAP)
+    }
+
+    /// Writes a conntrack entry (a flow the agent restored, or a test's aged one).
+    pub fn ct_insert(
+        &mut self,
+        t: &Lb4Tuple,
+        v: &crate::lb_maps::Lb4CtEntry,
+    ) -> Result<(), BpfError> {
+        let mut m: HashMap<&mut MapData, Lb4Tuple, crate::lb_maps::Lb4CtEntry> =
+            HashMap::try_from(self.map_mut(CT_MAP)).map_err(map_err(CT_MAP))?;
+        m.insert(t, v, 0).map_err(map_err(CT_MAP))
     }
 
     /// SNAT entries (reply tuple → client).
@@ -500,6 +544,299 @@ impl LbDatapath {
     pub fn detach(&mut self, iface: &str) {
         for p in std::iter::once(XDP_LB_PROG).chain(TC_PROGS) {
             let _ = std::fs::remove_file(self.link_pin(iface, p));
+        }
+    }
+}
+
+/// How the XDP load balancer runs on a device (`loadBalancer.acceleration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum XdpAttach {
+    /// In the driver (`native`, `best-effort`).
+    Native,
+    /// In the stack after the skb is built (`testing-only`).
+    Generic,
+}
+
+impl XdpAttach {
+    fn tag(self) -> &'static str {
+        match self {
+            XdpAttach::Native => "xdp_native",
+            XdpAttach::Generic => "xdp_generic",
+        }
+    }
+
+    fn mode(self) -> XdpMode {
+        match self {
+            XdpAttach::Native => XdpMode::Driver,
+            XdpAttach::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// One program link the agent keeps pinned on a node device; the pin's name says which
+/// (`<iface>_<ifindex>_<what>`), so a restarted agent knows what is attached without asking.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LbLink {
+    pub iface: String,
+    pub ifindex: u32,
+    pub what: LbLinkKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LbLinkKind {
+    Xdp(XdpAttach),
+    /// One of the TC programs (ingress LB, DSR ingress, DSR egress).
+    Tc(&'static str),
+}
+
+impl LbLinkKind {
+    fn tag(self) -> &'static str {
+        match self {
+            LbLinkKind::Xdp(a) => a.tag(),
+            LbLinkKind::Tc(p) => p,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [XdpAttach::Native, XdpAttach::Generic]
+            .into_iter()
+            .find(|a| a.tag() == s)
+            .map(LbLinkKind::Xdp)
+            .or_else(|| TC_PROGS.into_iter().find(|p| *p == s).map(LbLinkKind::Tc))
+    }
+}
+
+/// The TC programs of a node device and their hook: the load balancer (when XDP did not take the
+/// packet) and both halves of the backend side of DSR / node-local replies.
+pub const NODE_TC_PROGS: [(&str, TcAttachType); 3] = [
+    (TC_DSR_INGRESS_PROG, TcAttachType::Ingress),
+    (TC_LB_INGRESS_PROG, TcAttachType::Ingress),
+    (TC_DSR_EGRESS_PROG, TcAttachType::Egress),
+];
+
+/// bpffs names cannot hold '.' (VLAN devices have one).
+fn pin_safe(iface: &str) -> String {
+    iface.replace('.', "-")
+}
+
+fn prog_tag_by_id(id: u32) -> Option<u64> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .map(|p| p.tag())
+}
+
+impl LbDatapath {
+    fn node_link_pin(&self, iface: &str, ifindex: u32, what: LbLinkKind) -> PathBuf {
+        self.pin_dir
+            .join(LINKS_DIR)
+            .join(format!("{}_{ifindex}_{}", pin_safe(iface), what.tag()))
+    }
+
+    /// Links pinned under this datapath's directory by [`Self::ensure_link`] (this agent or an
+    /// earlier one). `ifaces` maps pin-safe names back to device names.
+    pub fn node_links(&self) -> BTreeSet<LbLink> {
+        pinned_node_links(&self.pin_dir)
+    }
+
+    fn loaded_tag(&self, what: LbLinkKind) -> Option<u64> {
+        let (ebpf, name) = match what {
+            LbLinkKind::Xdp(_) => (&self.xdp, XDP_LB_PROG),
+            LbLinkKind::Tc(p) => (&self.tc, p),
+        };
+        ebpf.program(name)?.info().ok().map(|i| i.tag())
+    }
+
+    /// Makes `what` attached to `iface` (index `ifindex`) through a pinned link. Returns whether the
+    /// kernel was written: a link already pinned for this device and mode running the same program
+    /// code is left alone (a restarted agent writes nothing); one running other code (an upgrade)
+    /// gets the new program swapped in atomically; otherwise the link is created and pinned.
+    pub fn ensure_link(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        what: LbLinkKind,
+    ) -> Result<bool, BpfError> {
+        let pin = self.node_link_pin(iface, ifindex, what);
+        let dir: &'static str = match what {
+            LbLinkKind::Xdp(_) => "xdp",
+            LbLinkKind::Tc(TC_DSR_EGRESS_PROG) => "egress",
+            LbLinkKind::Tc(_) => "ingress",
+        };
+        let link_err = |e: Box<dyn std::error::Error + Send + Sync>| BpfError::Link {
+            iface: iface.to_string(),
+            dir,
+            source: e,
+        };
+        let want_tag = self.loaded_tag(what);
+        let old = if pin.exists() {
+            match PinnedLink::from_pin(&pin) {
+                Ok(p) => Some(FdLink::from(p)),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&pin);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(old) = &old {
+            let running = old.info().ok().and_then(|i| prog_tag_by_id(i.program_id()));
+            if running.is_some() && running == want_tag {
+                return Ok(false);
+            }
+        }
+        match what {
+            LbLinkKind::Xdp(mode) => {
+                let prog: &mut Xdp = self
+                    .xdp
+                    .program_mut(XDP_LB_PROG)
+                    .expect("program is in the object")
+                    .try_into()
+                    .map_err(|source| BpfError::Program {
+                        name: XDP_LB_PROG,
+                        source,
+                    })?;
+                let reused = old
+                    .and_then(|l| XdpLink::try_from(l).ok())
+                    .and_then(|l| prog.attach_to_link(l).ok());
+                let id = match reused {
+                    Some(id) => id,
+                    None => prog
+                        .attach_to_if_index(ifindex, mode.mode())
+                        .map_err(|e| link_err(Box::new(e)))?,
+                };
+                let fd: FdLink = prog
+                    .take_link(id)
+                    .map_err(|e| link_err(Box::new(e)))?
+                    .try_into()
+                    .map_err(|e: LinkError| link_err(Box::new(e)))?;
+                let _ = std::fs::remove_file(&pin);
+                fd.pin(&pin).map_err(|e| link_err(Box::new(e)))?;
+            }
+            LbLinkKind::Tc(name) => {
+                let attach = NODE_TC_PROGS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, a)| *a)
+                    .expect("a node TC program");
+                let prog: &mut SchedClassifier = self
+                    .tc
+                    .program_mut(name)
+                    .expect("program is in the object")
+                    .try_into()
+                    .map_err(|source| BpfError::Program { name, source })?;
+                let reused = old
+                    .and_then(|l| SchedClassifierLink::try_from(l).ok())
+                    .and_then(|l| prog.attach_to_link(l).ok());
+                let id = match reused {
+                    Some(id) => id,
+                    None => prog
+                        .attach_with_options(
+                            iface,
+                            attach,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .map_err(|e| link_err(Box::new(e)))?,
+                };
+                let fd: FdLink = prog
+                    .take_link(id)
+                    .map_err(|e| link_err(Box::new(e)))?
+                    .try_into()
+                    .map_err(|e: LinkError| link_err(Box::new(e)))?;
+                let _ = std::fs::remove_file(&pin);
+                fd.pin(&pin).map_err(|e| link_err(Box::new(e)))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Detaches a link [`Self::node_links`] listed, synchronously: the pin is opened, removed and
+    /// the link detached before this returns, so a native XDP link is gone before a generic one is
+    /// attached in its place (the kernel refuses both at once).
+    pub fn remove_link(&mut self, link: &LbLink) -> Result<(), BpfError> {
+        let pin = self.node_link_pin(&link.iface, link.ifindex, link.what);
+        remove_pinned_link(&pin).map_err(|source| BpfError::PinDir { path: pin, source })
+    }
+}
+
+/// Opens, unpins and detaches a pinned link (`BPF_OBJ_GET`, unlink, `BPF_LINK_DETACH`): the
+/// attachment ends before this returns, whoever else still holds the link. A pin that no longer
+/// opens is just removed.
+pub fn remove_pinned_link(pin: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("pin path holds a NUL"))?;
+    // union bpf_attr, obj_get: pathname (u64), bpf_fd (u32), file_flags (u32), path_fd (i32).
+    let mut attr = [0u8; 24];
+    attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a valid bpf_attr prefix of the given size; path outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            attr.len() as u32,
+        )
+    };
+    match std::fs::remove_file(pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if fd >= 0 {
+        let fd = fd as i32;
+        let mut attr = [0u8; 8];
+        attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+        // SAFETY: link_detach takes the link fd; we own fd and close it after.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_LINK_DETACH,
+                attr.as_mut_ptr(),
+                attr.len() as u32,
+            );
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+/// Links pinned under `pin_dir` by [`LbDatapath::ensure_link`].
+pub fn pinned_node_links(pin_dir: &Path) -> BTreeSet<LbLink> {
+    let Ok(rd) = std::fs::read_dir(pin_dir.join(LINKS_DIR)) else {
+        return BTreeSet::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (iface, rest) = name.split_once('_')?;
+            let (idx, what) = rest.split_once('_')?;
+            Some(LbLink {
+                iface: iface.to_string(),
+                ifindex: idx.parse().ok()?,
+                what: LbLinkKind::parse(what)?,
+            })
+        })
+        .collect()
+}
+
+/// The verifier gives up with EAGAIN when a signal reaches the loading thread (a child exiting,
+/// say); libbpf retries such loads, and so does this (a few times).
+fn retry_eagain(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            r => return r,
         }
     }
 }

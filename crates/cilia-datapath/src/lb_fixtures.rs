@@ -63,6 +63,8 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
 
 /// The node config every table row runs with.
 pub fn node_config() -> LbConfig {
@@ -306,6 +308,19 @@ impl FrameSpec {
         let at = l4_csum_offset(self.proto());
         d[at..at + 2].copy_from_slice(&sum.to_be_bytes());
         d
+    }
+
+    /// An ICMP frame whose header's last four bytes (e.g. the next-hop MTU of "fragmentation
+    /// needed") are `rest`, checksum included.
+    pub fn build_icmp_with_rest(&self, rest: [u8; 4]) -> Vec<u8> {
+        let mut f = self.build();
+        let l4 = 14 + usize::from(f[14] & 0x0f) * 4;
+        f[l4 + 4..l4 + 8].copy_from_slice(&rest);
+        f[l4 + 2] = 0;
+        f[l4 + 3] = 0;
+        let c = csum(&f[l4..]);
+        f[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+        f
     }
 
     pub fn build(&self) -> Vec<u8> {
@@ -726,6 +741,11 @@ pub struct Expect {
     pub counters: Vec<LbCounter>,
     /// The frame was answered with ICMP port unreachable from its destination, quoting it.
     pub icmp_reject: bool,
+    /// An ICMP error's quoted header after translation: (source, destination) with ports. Its
+    /// IPv4 checksum is recomputed and checked; every other quoted byte must be unchanged.
+    pub inner: Option<((Ipv4Addr, u16), (Ipv4Addr, u16))>,
+    /// The quoted UDP checksum after translation (that of the client's own datagram).
+    pub inner_udp_csum: Option<u16>,
 }
 
 /// One row of the table: a frame, frames that must run before it, and what must come out.
@@ -880,7 +900,15 @@ pub fn check(case: &LbCase, verdict: Verdict, out: &[u8]) -> Vec<String> {
             errs.push(format!("{name}: got {got} expected {want}"));
         }
     }
-    if out[p.l4_off..].len() >= 4 && case.frame[input.l4_off..].len() >= 4 {
+    if let Some((src, dst)) = e.inner {
+        errs.extend(check_inner(
+            &out[p.l4_off..],
+            &case.frame[input.l4_off..],
+            src,
+            dst,
+            e.inner_udp_csum,
+        ));
+    } else if out[p.l4_off..].len() >= 4 && case.frame[input.l4_off..].len() >= 4 {
         let hdr = if p.frag_field & 0x1fff != 0 { 0 } else { 4 };
         let skip = if p.proto == PROTO_ICMP { 0 } else { hdr };
         let csum_at = l4_csum_offset(p.proto);
@@ -904,6 +932,84 @@ pub fn check(case: &LbCase, verdict: Verdict, out: &[u8]) -> Vec<String> {
     }
     if let Err(err) = verify_checksums(out, &case.rest) {
         errs.push(err);
+    }
+    errs
+}
+
+/// The quoted header of a translated ICMP error (`out` and `input` from the ICMP header on): the
+/// expected addresses and ports, a valid quoted IPv4 checksum, and every other byte unchanged.
+fn check_inner(
+    out: &[u8],
+    input: &[u8],
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    udp_csum: Option<u16>,
+) -> Vec<String> {
+    let mut errs = Vec::new();
+    if out.len() < 36 || out.len() != input.len() {
+        return vec![format!(
+            "ICMP error: {} bytes, expected {} (at least 36)",
+            out.len(),
+            input.len()
+        )];
+    }
+    let q = &out[8..];
+    let got_src = (
+        Ipv4Addr::new(q[12], q[13], q[14], q[15]),
+        u16::from_be_bytes([q[20], q[21]]),
+    );
+    let got_dst = (
+        Ipv4Addr::new(q[16], q[17], q[18], q[19]),
+        u16::from_be_bytes([q[22], q[23]]),
+    );
+    if got_src != src {
+        errs.push(format!("quoted source: got {got_src:?} expected {src:?}"));
+    }
+    if got_dst != dst {
+        errs.push(format!(
+            "quoted destination: got {got_dst:?} expected {dst:?}"
+        ));
+    }
+    if fold(sum16(&q[..20], 0)) != 0xffff {
+        let mut h = q[..20].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        errs.push(format!(
+            "quoted IPv4 checksum: got {:#06x} expected {:#06x}",
+            u16::from_be_bytes([q[10], q[11]]),
+            csum(&h)
+        ));
+    }
+    if let Some(want) = udp_csum {
+        let got = u16::from_be_bytes([q[26], q[27]]);
+        if got != want {
+            errs.push(format!(
+                "quoted UDP checksum: got {got:#06x} expected {want:#06x}"
+            ));
+        }
+    }
+    // Everything else: ICMP type, code and rest of header, the quoted header's other fields, and
+    // whatever the quote carries after the ports.
+    let strip = |b: &[u8]| -> Vec<u8> {
+        let mut v = b.to_vec();
+        for i in [2, 3, 8 + 10, 8 + 11] {
+            v[i] = 0;
+        }
+        for b in &mut v[8 + 12..8 + 24] {
+            *b = 0;
+        }
+        if udp_csum.is_some() {
+            v[8 + 26] = 0;
+            v[8 + 27] = 0;
+        }
+        v
+    };
+    if strip(out) != strip(input) {
+        errs.push(format!(
+            "ICMP bytes other than the translated ones changed: got {} from {}",
+            hex(out),
+            hex(input)
+        ));
     }
     errs
 }
@@ -1256,8 +1362,9 @@ pub fn lb_cases() -> Vec<LbCase> {
             ..Default::default()
         },
     });
-    // An ICMP error about an SNATed flow (as the backend's path reports it to the node) is
-    // counted and passed untranslated.
+    // ICMP errors about SNATed flows are translated back to the client: "fragmentation needed"
+    // from a router on the way keeps the router as source; the quote becomes the client's own
+    // packet (client:port -> VIP:port).
     let syn = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_SYN);
     let np = snat_port((VIP_SNAT, 80), PROTO_TCP);
     let sent = FrameSpec {
@@ -1271,26 +1378,168 @@ pub fn lb_cases() -> Vec<LbCase> {
         ..syn.clone()
     }
     .build();
-    let icmp = FrameSpec {
-        src: PEER_NODE_IP,
-        dst: NODE_IP,
-        l4: L4::Icmp {
-            ty: 3,
-            code: 1,
-            quoted: sent[14..14 + 28].to_vec(),
-        },
-        payload: Vec::new(),
-        ..syn.clone()
+    let icmp = |from: Ipv4Addr, ty: u8, code: u8, rest: [u8; 4], quoted: &[u8]| {
+        FrameSpec {
+            src: from,
+            dst: NODE_IP,
+            src_mac: PEER_NODE_MAC,
+            l4: L4::Icmp {
+                ty,
+                code,
+                quoted: quoted.to_vec(),
+            },
+            payload: Vec::new(),
+            ..syn.clone()
+        }
+        .build_icmp_with_rest(rest)
     };
+    let mtu = [0, 0, 0x05, 0x78];
     rows.push(LbCase {
-        name: "icmp_error_for_a_flow_is_counted_and_passed",
+        name: "icmp_frag_needed_from_a_router_is_reverse_translated",
         before: vec![syn.build()],
-        frame: icmp.build(),
+        frame: icmp(PEER_NODE_IP, 3, 4, mtu, &sent[14..14 + 28]),
+        rest: Vec::new(),
+        expect: Expect {
+            verdict: Some(Verdict::Tx),
+            src: Some((PEER_NODE_IP, 0)),
+            dst: Some((CLIENT, 0)),
+            macs: Some((ROUTER_MAC, NODE_MAC)),
+            inner: Some((client, (VIP_SNAT, 80))),
+            counters: vec![LbCounter::IcmpErrFlow, LbCounter::XmitTx],
+            ..Default::default()
+        },
+    });
+    // Port unreachable from the UDP backend itself: the outer source becomes the VIP, and the
+    // quoted UDP checksum is the client's own again.
+    let dgram = FrameSpec::udp(client, (VIP_UDP, 53));
+    let up = snat_port((VIP_UDP, 53), PROTO_UDP);
+    let dgram_sent = FrameSpec {
+        src: NODE_IP,
+        dst: BE_UDP,
+        l4: L4::Udp {
+            sport: up,
+            dport: 53,
+            zero_csum: false,
+        },
+        ..dgram.clone()
+    }
+    .build();
+    let client_udp_csum = parse(&dgram.build()).unwrap().l4_csum;
+    rows.push(LbCase {
+        name: "icmp_port_unreachable_from_the_backend_is_reverse_translated",
+        before: vec![dgram.build()],
+        frame: icmp(BE_UDP, 3, 3, [0; 4], &dgram_sent[14..14 + 28]),
+        rest: Vec::new(),
+        expect: Expect {
+            verdict: Some(Verdict::Tx),
+            src: Some((VIP_UDP, 0)),
+            dst: Some((CLIENT, 0)),
+            inner: Some((client, (VIP_UDP, 53))),
+            inner_udp_csum: Some(client_udp_csum),
+            counters: vec![LbCounter::IcmpErrFlow],
+            ..Default::default()
+        },
+    });
+    // Time exceeded quoting a longer piece of the packet (the whole SNATed SYN): the bytes after
+    // the first eight of TCP stay as they were.
+    rows.push(LbCase {
+        name: "icmp_time_exceeded_with_a_long_quote_is_reverse_translated",
+        before: vec![syn.build()],
+        frame: icmp(PEER_NODE_IP, 11, 0, [0; 4], &sent[14..]),
+        rest: Vec::new(),
+        expect: Expect {
+            verdict: Some(Verdict::Tx),
+            src: Some((PEER_NODE_IP, 0)),
+            dst: Some((CLIENT, 0)),
+            inner: Some((client, (VIP_SNAT, 80))),
+            counters: vec![LbCounter::IcmpErrFlow],
+            ..Default::default()
+        },
+    });
+    // IP options: an ICMP error whose own header carries options is found and translated all
+    // the same (the options stay) ...
+    rows.push(LbCase {
+        name: "icmp_error_with_ip_options_is_reverse_translated",
+        before: vec![syn.build()],
+        frame: FrameSpec {
+            options: vec![1, 1, 1, 0],
+            src: PEER_NODE_IP,
+            dst: NODE_IP,
+            src_mac: PEER_NODE_MAC,
+            l4: L4::Icmp {
+                ty: 3,
+                code: 4,
+                quoted: sent[14..14 + 28].to_vec(),
+            },
+            payload: Vec::new(),
+            ..syn.clone()
+        }
+        .build_icmp_with_rest(mtu),
+        rest: Vec::new(),
+        expect: Expect {
+            verdict: Some(Verdict::Tx),
+            src: Some((PEER_NODE_IP, 0)),
+            dst: Some((CLIENT, 0)),
+            inner: Some((client, (VIP_SNAT, 80))),
+            counters: vec![LbCounter::IcmpErrFlow],
+            ..Default::default()
+        },
+    });
+    // ... but a quote whose header has options (not one the node sent: it adds none on SNAT)
+    // is the stack's, untouched.
+    let sent_with_opts = FrameSpec {
+        options: vec![1, 1, 1, 0],
+        src: NODE_IP,
+        dst: BE_SNAT,
+        l4: L4::Tcp {
+            sport: np,
+            dport: BE_PORT,
+            flags: TCP_SYN,
+        },
+        ..syn.clone()
+    }
+    .build();
+    rows.push(LbCase {
+        name: "icmp_error_quoting_ip_options_passes",
+        before: vec![syn.build()],
+        frame: icmp(PEER_NODE_IP, 3, 4, mtu, &sent_with_opts[14..14 + 32]),
         rest: Vec::new(),
         expect: Expect {
             verdict: Some(Verdict::Pass),
             unchanged: true,
-            counters: vec![LbCounter::IcmpErrFlow],
+            ..Default::default()
+        },
+    });
+    // The reply of an SNATed flow with IP options: restored, options kept.
+    rows.push(LbCase {
+        name: "snat_reply_with_ip_options_is_reverse_translated",
+        before: vec![syn.build()],
+        frame: FrameSpec {
+            dst_mac: NODE_MAC,
+            src_mac: PEER_NODE_MAC,
+            options: vec![1, 1, 1, 0],
+            ..FrameSpec::tcp((BE_SNAT, BE_PORT), (NODE_IP, np), TCP_SYN | TCP_ACK)
+        }
+        .build(),
+        rest: Vec::new(),
+        expect: Expect {
+            verdict: Some(Verdict::Tx),
+            src: Some((VIP_SNAT, 80)),
+            dst: Some(client),
+            macs: Some((ROUTER_MAC, NODE_MAC)),
+            counters: vec![LbCounter::RevSnat],
+            ..Default::default()
+        },
+    });
+    // An ICMP error about a flow the node never translated is the stack's, untouched.
+    rows.push(LbCase {
+        name: "icmp_error_for_an_unknown_flow_passes",
+        before: Vec::new(),
+        frame: icmp(PEER_NODE_IP, 3, 4, mtu, &sent[14..14 + 28]),
+        rest: Vec::new(),
+        expect: Expect {
+            verdict: Some(Verdict::Pass),
+            unchanged: true,
             ..Default::default()
         },
     });

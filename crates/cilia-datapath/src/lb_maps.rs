@@ -104,10 +104,44 @@ pub struct Lb4CtEntry {
     pub backend_id: u32,
     pub rev_nat_index: u32,
     pub fwd: u8,
-    pub pad: [u8; 3],
+    /// TCP: a FIN or RST was seen.
+    pub closing: u8,
+    /// TCP: a packet with ACK was seen (past the handshake).
+    pub seen_ack: u8,
+    pub pad: u8,
     pub nat_addr: u32,
     pub nat_port: u16,
     pub pad2: u16,
+    /// Expiry in ticks of the coarse monotonic clock ([`ct_tick`]).
+    pub expires: u32,
+}
+
+/// Conntrack time unit: the coarse monotonic clock (`bpf_ktime_get_coarse_ns`) shifted right by
+/// this (2^30 ns ≈ 1.07 s), as `LB_CT_TICK_SHIFT` in lb_maps.h.
+pub const CT_TICK_SHIFT: u32 = 30;
+
+/// Seconds → ticks, rounded up (`LB_CT_TICKS`).
+pub const fn ct_ticks(secs: u64) -> u32 {
+    ((secs * 1_000_000_000 + (1 << CT_TICK_SHIFT) - 1) >> CT_TICK_SHIFT) as u32
+}
+
+/// Conntrack lifetimes (Cilium's defaults), in ticks: TCP handshake, established, closing; UDP.
+pub const CT_TIMEOUT_TCP_SYN: u32 = ct_ticks(60);
+pub const CT_TIMEOUT_TCP: u32 = ct_ticks(21600);
+pub const CT_TIMEOUT_TCP_CLOSE: u32 = ct_ticks(10);
+pub const CT_TIMEOUT_NONTCP: u32 = ct_ticks(60);
+
+/// The datapath's clock now, in conntrack ticks (CLOCK_MONOTONIC_COARSE is what
+/// `bpf_ktime_get_coarse_ns` reads).
+pub fn ct_tick() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    (ns >> CT_TICK_SHIFT) as u32
 }
 
 /// SNAT state keyed by the reply tuple: the client a reply belongs to.
@@ -332,6 +366,7 @@ pub const LB_COUNTER_NAMES: [&str; c::LB_C_MAX as usize] = [
     "affinity_hit",
     "stale_slot",
     "fib_memo_hit",
+    "ct_expired",
 ];
 
 /// One counter of `cilia_lb_counters`, by its C name without the `LB_C_` prefix.
@@ -362,7 +397,8 @@ pub enum LbCounter {
     AffinityHit,
     StaleSlot,
     FibMemoHit,
+    CtExpired,
 }
 
-const _: () = assert!(LbCounter::FibMemoHit as u32 + 1 == c::LB_C_MAX);
+const _: () = assert!(LbCounter::CtExpired as u32 + 1 == c::LB_C_MAX);
 const _: () = assert!(c::LB_C_MAX <= c::CILIA_LB_COUNTERS_MAX);

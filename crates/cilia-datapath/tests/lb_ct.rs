@@ -1,0 +1,335 @@
+//! Conntrack lifetimes of the load balancer through BPF_PROG_TEST_RUN, on XDP and TC: each row is
+//! a sequence of frames of one flow and the lifetime its entry must have after the last one
+//! (Cilium's defaults: TCP handshake 60 s, established 6 h, closing 10 s, UDP 60 s); then entries
+//! past their lifetime are replaced and give their SNAT port back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use cilia_datapath::lb::{
+    BackendKey, Proto, ServiceSpec, assign_backend_ids, desired_entries, lb_diff,
+};
+use cilia_datapath::lb_bpf::{LbDatapath, LbMapSizes, TC_LB_INGRESS_PROG, XDP_LB_PROG};
+use cilia_datapath::lb_fixtures::*;
+use cilia_datapath::lb_maps::{
+    CT_TIMEOUT_NONTCP, CT_TIMEOUT_TCP, CT_TIMEOUT_TCP_CLOSE, CT_TIMEOUT_TCP_SYN, Lb4Tuple,
+    LbCounter, ct_tick, ct_ticks, ip_of,
+};
+
+fn can_load_bpf() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: loading eBPF programs needs root (CAP_BPF + CAP_NET_ADMIN)");
+        return false;
+    }
+    cilia_datapath::bpf::ensure_bpffs().expect("bpffs");
+    true
+}
+
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = PathBuf::from(format!(
+            "/sys/fs/bpf/cilia/test-lbct-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        PinDir(p)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn seeded(pin: &Path, services: &[ServiceSpec]) -> LbDatapath {
+    let mut dp = LbDatapath::load(pin, &LbMapSizes::small()).unwrap();
+    dp.set_config(&node_config()).unwrap();
+    let cur = dp.read_entries().unwrap();
+    let ids: BTreeMap<BackendKey, u32> = cur
+        .backends
+        .iter()
+        .map(|(id, b)| {
+            (
+                BackendKey {
+                    addr: ip_of(b.address),
+                    port: u16::from_be(b.port),
+                    proto: Proto::from_number(b.proto).unwrap(),
+                },
+                *id,
+            )
+        })
+        .collect();
+    let ids = assign_backend_ids(services, &ids);
+    let want = desired_entries(services, &ids, MAGLEV).unwrap();
+    dp.apply(&lb_diff(&want, &cur), MAGLEV).unwrap();
+    dp
+}
+
+fn prog(dp: &LbDatapath, hook: Hook) -> i32 {
+    dp.prog_fd(match hook {
+        Hook::Xdp => XDP_LB_PROG,
+        Hook::Tc => TC_LB_INGRESS_PROG,
+    })
+    .unwrap()
+}
+
+struct CtRow {
+    name: &'static str,
+    frames: Vec<Vec<u8>>,
+    key: Lb4Tuple,
+    lifetime: u32,
+    closing: u8,
+    seen_ack: u8,
+}
+
+fn rows() -> Vec<CtRow> {
+    let client = (CLIENT, CLIENT_PORT);
+    let tcp = |flags| FrameSpec::tcp(client, (VIP_SNAT, 80), flags).build();
+    let key = Lb4Tuple::new(client, (VIP_SNAT, 80), PROTO_TCP);
+    vec![
+        CtRow {
+            name: "syn_gets_the_handshake_lifetime",
+            frames: vec![tcp(TCP_SYN)],
+            key,
+            lifetime: CT_TIMEOUT_TCP_SYN,
+            closing: 0,
+            seen_ack: 0,
+        },
+        CtRow {
+            name: "ack_makes_it_established",
+            frames: vec![tcp(TCP_SYN), tcp(TCP_ACK)],
+            key,
+            lifetime: CT_TIMEOUT_TCP,
+            closing: 0,
+            seen_ack: 1,
+        },
+        CtRow {
+            name: "fin_starts_the_close_timeout",
+            frames: vec![tcp(TCP_SYN), tcp(TCP_ACK), tcp(TCP_FIN | TCP_ACK)],
+            key,
+            lifetime: CT_TIMEOUT_TCP_CLOSE,
+            closing: 1,
+            seen_ack: 1,
+        },
+        CtRow {
+            name: "acks_after_fin_stay_closing",
+            frames: vec![tcp(TCP_SYN), tcp(TCP_FIN | TCP_ACK), tcp(TCP_ACK)],
+            key,
+            lifetime: CT_TIMEOUT_TCP_CLOSE,
+            closing: 1,
+            seen_ack: 1,
+        },
+        CtRow {
+            name: "rst_closes",
+            frames: vec![tcp(TCP_SYN), tcp(TCP_ACK), tcp(TCP_RST)],
+            key,
+            lifetime: CT_TIMEOUT_TCP_CLOSE,
+            closing: 1,
+            seen_ack: 1,
+        },
+        CtRow {
+            name: "udp_gets_the_non_tcp_lifetime",
+            frames: vec![FrameSpec::udp(client, (VIP_UDP, 53)).build()],
+            key: Lb4Tuple::new(client, (VIP_UDP, 53), PROTO_UDP),
+            lifetime: CT_TIMEOUT_NONTCP,
+            closing: 0,
+            seen_ack: 0,
+        },
+    ]
+}
+
+// Cilium's defaults, in ticks (rounded up to the next 2^30 ns).
+#[test]
+fn lifetimes_are_ciliums_defaults() {
+    assert_eq!(CT_TIMEOUT_TCP_SYN, ct_ticks(60));
+    assert!((60.0..61.1).contains(&(f64::from(CT_TIMEOUT_TCP_SYN) * 1.073_741_824)));
+    assert!((21600.0..21601.1).contains(&(f64::from(CT_TIMEOUT_TCP) * 1.073_741_824)));
+    assert!((10.0..11.1).contains(&(f64::from(CT_TIMEOUT_TCP_CLOSE) * 1.073_741_824)));
+    assert_eq!(CT_TIMEOUT_NONTCP, CT_TIMEOUT_TCP_SYN);
+}
+
+// Each row on XDP and TC: the entry's lifetime (expiry minus the clock when the last frame ran,
+// within the tick the run straddled) and its TCP state.
+#[test]
+fn lifetimes_follow_the_flow() {
+    if !can_load_bpf() {
+        return;
+    }
+    let failures = in_test_net(|net| {
+        let mut failures = Vec::new();
+        for row in rows() {
+            for hook in [Hook::Xdp, Hook::Tc] {
+                let pin = PinDir::new(row.name);
+                let dp = seeded(&pin.0, &world());
+                let fd = prog(&dp, hook);
+                let mut t0 = 0;
+                for f in &row.frames {
+                    t0 = ct_tick();
+                    let (v, _) = run_frame(fd, hook, net.lb0, f).unwrap();
+                    if v != Verdict::Tx {
+                        failures.push(format!("{} [{hook:?}]: verdict {v:?}", row.name));
+                    }
+                }
+                let t1 = ct_tick();
+                let cts = dp.ct_entries().unwrap();
+                let Some(e) = cts.get(&row.key) else {
+                    failures.push(format!("{} [{hook:?}]: no conntrack entry", row.name));
+                    continue;
+                };
+                if e.expires < t0 + row.lifetime || e.expires > t1 + row.lifetime {
+                    failures.push(format!(
+                        "{} [{hook:?}]: expires {} not in [{}, {}] (lifetime {})",
+                        row.name,
+                        e.expires,
+                        t0 + row.lifetime,
+                        t1 + row.lifetime,
+                        row.lifetime
+                    ));
+                }
+                if (e.closing, e.seen_ack) != (row.closing, row.seen_ack) {
+                    failures.push(format!(
+                        "{} [{hook:?}]: closing/seen_ack {}/{} expected {}/{}",
+                        row.name, e.closing, e.seen_ack, row.closing, row.seen_ack
+                    ));
+                }
+            }
+        }
+        failures
+    })
+    .unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// An entry past its lifetime is replaced by the next packet of its tuple: counted as expired, a
+// fresh lifetime, and its SNAT port released first (so the flow gets the same first-choice port
+// back instead of colliding with its own stale NAT entry). An entry not yet expired is a hit.
+#[test]
+fn expired_entries_start_over_and_release_their_port() {
+    if !can_load_bpf() {
+        return;
+    }
+    let failures = in_test_net(|net| {
+        let mut failures = Vec::new();
+        let client = (CLIENT, CLIENT_PORT);
+        let key = Lb4Tuple::new(client, (VIP_SNAT, 80), PROTO_TCP);
+        let syn = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_SYN).build();
+        let ack = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_ACK).build();
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let pin = PinDir::new("expire");
+            let mut dp = seeded(&pin.0, &world());
+            let fd = prog(&dp, hook);
+            run_frame(fd, hook, net.lb0, &syn).unwrap();
+            let first = dp.ct_entries().unwrap()[&key];
+            let nat_before = dp.nat_entries().unwrap();
+            // Not expired yet (one tick left): a plain hit.
+            let mut aged = first;
+            aged.expires = ct_tick() + 1;
+            dp.ct_insert(&key, &aged).unwrap();
+            let c0 = dp.counters().unwrap();
+            run_frame(fd, hook, net.lb0, &ack).unwrap();
+            let c1 = dp.counters().unwrap();
+            let grew = |c: LbCounter, a: &[u64], b: &[u64]| b[c as usize] - a[c as usize];
+            if grew(LbCounter::CtExpired, &c0, &c1) != 0 || grew(LbCounter::CtHit, &c0, &c1) != 1 {
+                failures.push(format!("[{hook:?}] live entry: not a plain hit"));
+            }
+            // Expired (two ticks ago).
+            aged.expires = ct_tick().wrapping_sub(2);
+            dp.ct_insert(&key, &aged).unwrap();
+            let t0 = ct_tick();
+            let (v, out) = run_frame(fd, hook, net.lb0, &ack).unwrap();
+            let c2 = dp.counters().unwrap();
+            if v != Verdict::Tx {
+                failures.push(format!("[{hook:?}] expired flow: verdict {v:?}"));
+            }
+            if grew(LbCounter::CtExpired, &c1, &c2) != 1 {
+                failures.push(format!("[{hook:?}] expiry not counted"));
+            }
+            if grew(LbCounter::SnatPortRetry, &c1, &c2) != 0 {
+                failures.push(format!(
+                    "[{hook:?}] the stale NAT entry was not released (port retry)"
+                ));
+            }
+            let e = dp.ct_entries().unwrap()[&key];
+            if e.expires < t0 + CT_TIMEOUT_TCP || e.seen_ack != 1 {
+                failures.push(format!(
+                    "[{hook:?}] replaced entry: expires {} seen_ack {} (now {t0})",
+                    e.expires, e.seen_ack
+                ));
+            }
+            if e.nat_port != first.nat_port {
+                failures.push(format!(
+                    "[{hook:?}] SNAT port {} expected the released {} again",
+                    u16::from_be(e.nat_port),
+                    u16::from_be(first.nat_port)
+                ));
+            }
+            if dp.nat_entries().unwrap() != nat_before {
+                failures.push(format!("[{hook:?}] NAT entries differ from one flow's"));
+            }
+            let p = parse(&out).unwrap();
+            if (p.src, p.sport) != (NODE_IP, u16::from_be(first.nat_port)) {
+                failures.push(format!(
+                    "[{hook:?}] translated source {}:{}",
+                    p.src, p.sport
+                ));
+            }
+        }
+        failures
+    })
+    .unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// A flow whose backend was removed (its array slot zeroed) is not sent to it any more: counted
+// stale and chosen again; with no backend left it meets the no-backend answer.
+#[test]
+fn removed_backend_is_not_used() {
+    if !can_load_bpf() {
+        return;
+    }
+    let failures = in_test_net(|net| {
+        let mut failures = Vec::new();
+        let client = (CLIENT, CLIENT_PORT);
+        let syn = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_SYN).build();
+        let ack = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_ACK).build();
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let pin = PinDir::new("stale");
+            let mut dp = seeded(&pin.0, &world());
+            let fd = prog(&dp, hook);
+            run_frame(fd, hook, net.lb0, &syn).unwrap();
+            // Every service sharing the backend lets it go (it is one backend id).
+            let mut w = world();
+            for s in w.iter_mut() {
+                s.backends.retain(|b| b.addr != BE_SNAT);
+            }
+            let cur = dp.read_entries().unwrap();
+            let ids: BTreeMap<BackendKey, u32> =
+                cilia_datapath::lb_intent::pinned_backend_ids(&cur);
+            let ids = assign_backend_ids(&w, &ids);
+            let want = desired_entries(&w, &ids, MAGLEV).unwrap();
+            dp.apply(&lb_diff(&want, &cur), MAGLEV).unwrap();
+            let c0 = dp.counters().unwrap();
+            let (v, out) = run_frame(fd, hook, net.lb0, &ack).unwrap();
+            let c1 = dp.counters().unwrap();
+            let grew = |c: LbCounter| c1[c as usize] - c0[c as usize];
+            if grew(LbCounter::CtStale) != 1 {
+                failures.push(format!("[{hook:?}] stale backend not noticed"));
+            }
+            if grew(LbCounter::FwdSnat) != 0 {
+                failures.push(format!(
+                    "[{hook:?}] sent to a removed backend: {v:?} {}",
+                    hex(&out)
+                ));
+            }
+        }
+        failures
+    })
+    .unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
