@@ -24,6 +24,10 @@ pub enum ApplyError {
     Netlink(#[from] cilia_datapath::netlink::NetlinkError),
     #[error(transparent)]
     Bpf(#[from] cilia_datapath::bpf::BpfError),
+    #[error(transparent)]
+    Lb(#[from] crate::lb::LbApplyError),
+    #[error(transparent)]
+    Masq(#[from] crate::masq::MasqApplyError),
     #[error("writing {path}: {source}")]
     StateFile {
         path: PathBuf,
@@ -38,11 +42,16 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub mtu: u32,
     pub status: AgentStatus,
+    /// Service load balancing (kube-proxy replacement).
+    pub lb: crate::lb::LbAgent,
+    /// Masquerading of pod traffic leaving the node (BPF, iptables or off).
+    pub masq: crate::masq::MasqAgent,
 }
 
 impl Agent {
-    /// Makes the kernel match `intent`: the host device and node file for the CNI plugin, then the
-    /// routes. Only differences are written.
+    /// Makes the kernel match `intent`: the host device and node file for the CNI plugin, the
+    /// routes, then the service load balancer (maps, config, XDP/TC links). Only differences are
+    /// written.
     pub async fn apply(&mut self, intent: &NodeIntent) -> Result<(), ApplyError> {
         if let Some(cfg) = NodeLocalConfig::from_intent(intent, self.mtu) {
             if self
@@ -75,6 +84,15 @@ impl Agent {
         s.routing_mode = Some(intent.routing_mode);
         s.native_routing_cidr = intent.native_routing_cidr;
         s.routes = intent.routes.iter().copied().collect();
+        // Services last: a refused service intent leaves the maps as they are, routes applied.
+        let writes = self.lb.apply(intent)?;
+        self.status.datapath_writes += writes;
+        self.status.lb = self.lb.status.clone();
+        self.status.services = self.lb.rows.clone();
+        // Masquerading: a mode switch happens here, old mode off before the new one goes on.
+        let writes = self.masq.apply(intent)?;
+        self.status.datapath_writes += writes;
+        self.status.masquerading = self.masq.status.clone();
         Ok(())
     }
 

@@ -19,6 +19,8 @@ pub const SOCKET_FILE: &str = "agent.sock";
 pub enum Request {
     Status,
     EndpointStats,
+    /// The frontends this node serves and their backends (`cilia-dbg service list`).
+    ServiceList,
     /// Sent by the CNI plugin after it created a pod device: the agent puts the endpoint's datapath
     /// in place before answering, so no packet of the pod passes before its programs do.
     SyncEndpoint {
@@ -32,6 +34,7 @@ pub enum Request {
 pub enum Response {
     Status(Box<AgentStatus>),
     EndpointStats(Vec<crate::status::EndpointStatsRow>),
+    ServiceList(Vec<cilia_datapath::lb_intent::ServiceRow>),
     EndpointReady { interface: String, ifindex: u32 },
     Error(String),
 }
@@ -100,6 +103,10 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"endpoint-stats"}"#).unwrap(),
             Request::EndpointStats
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"service-list"}"#).unwrap(),
+            Request::ServiceList
         );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"sync-endpoint","interface":"lxc1"}"#)

@@ -2,7 +2,11 @@
 //! cluster file), and the local API types that `cilia-dbg` shares.
 
 pub mod agent;
+pub mod announcer;
 pub mod api;
+pub mod enforcer;
+pub mod lb;
+pub mod masq;
 pub mod source;
 pub mod status;
 pub mod stream;

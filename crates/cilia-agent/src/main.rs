@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use cilia_agent::agent::Agent;
 use cilia_agent::api::futures_reply::Reply;
 use cilia_agent::api::{self, Request, Response};
+use cilia_agent::lb::{LbAgent, lb_pin_dir};
 use cilia_agent::source::{FileSource, intent_hash};
 use cilia_agent::status::{AgentStatus, EndpointStatsRow};
 use cilia_agent::stream::{ClientTls, HeldIntent, IntentStream, StreamConfig, StreamStatus};
@@ -133,6 +134,14 @@ async fn main() -> anyhow::Result<()> {
             attach_mode: "TCX".into(),
             ..Default::default()
         },
+        lb: LbAgent::new(
+            lb_pin_dir(&args.bpf_root),
+            cilia_datapath::lb_bpf::LbMapSizes::default(),
+        ),
+        masq: cilia_agent::masq::MasqAgent::new(
+            cilia_agent::masq::masq_pin_dir(&args.bpf_root),
+            cilia_datapath::masq_bpf::MasqMapSizes::default(),
+        ),
     };
 
     let shared = Arc::new(Mutex::new(agent.status.clone()));
@@ -151,6 +160,9 @@ async fn main() -> anyhow::Result<()> {
                     };
                 }
                 Request::Status => Response::Status(Box::new(shared.lock().unwrap().clone())),
+                Request::ServiceList => {
+                    Response::ServiceList(shared.lock().unwrap().services.clone())
+                }
                 Request::EndpointStats => match read_ep_stats(&pin_dir) {
                     Ok(rows) => {
                         let st = shared.lock().unwrap();

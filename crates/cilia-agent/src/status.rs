@@ -30,6 +30,16 @@ pub struct AgentStatus {
     pub datapath_writes: u64,
     pub last_error: Option<String>,
     pub attach_mode: String,
+    /// Service load balancing (kube-proxy replacement): devices, acceleration, mode.
+    #[serde(default)]
+    pub lb: crate::lb::LbStatus,
+    /// The frontends this node serves (`cilia-dbg service list`).
+    #[serde(default)]
+    pub services: Vec<cilia_datapath::lb_intent::ServiceRow>,
+    /// Cilium's `Masquerading:` status value (`BPF   [eth0]   10.244.0.0/16 [IPv4: …]`, `IPTables …`,
+    /// `Disabled`).
+    #[serde(default)]
+    pub masquerading: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

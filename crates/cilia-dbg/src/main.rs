@@ -6,7 +6,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use cilia_agent::api::{Request, Response, SOCKET_FILE};
+use cilia_agent::lb::lb_pin_dir;
+use cilia_agent::masq::masq_pin_dir;
 use cilia_agent::status::{AgentStatus, EndpointStatsRow};
+use cilia_datapath::lb::{format_lb_list, lb_list_rows};
+use cilia_datapath::lb_bpf::read_lb_entries;
+use cilia_datapath::lb_intent::format_service_list;
+use cilia_datapath::lb_maps::ip_of;
+use cilia_datapath::masq::{format_ipmasq_list, format_nat_entry, format_nat_list};
+use cilia_datapath::masq_bpf::{monotonic_ns, read_ipmasq, read_nat};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Inspect the Cilia agent of this node: its status, the routes it programs and its eBPF maps.
@@ -23,6 +31,14 @@ struct Cli {
         default_value = "/run/cilia"
     )]
     state_dir: PathBuf,
+    /// The agent's bpffs directory (`bpf lb list` reads the pinned maps below it; needs root).
+    #[arg(
+        long,
+        global = true,
+        env = "CILIA_BPF_ROOT",
+        default_value = cilia_datapath::bpf::DEFAULT_BPF_ROOT
+    )]
+    bpf_root: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,8 +56,16 @@ enum Cmd {
         /// Print only `OK` or the first error.
         #[arg(long)]
         brief: bool,
+        /// Add the detail blocks (`KubeProxyReplacement Details`).
+        #[arg(long)]
+        verbose: bool,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Services this node load-balances.
+    Service {
+        #[command(subcommand)]
+        op: ListOp,
     },
     /// Inspect eBPF maps.
     Bpf {
@@ -54,6 +78,21 @@ enum Cmd {
 enum BpfCmd {
     /// Per-endpoint traffic counters (map cilia_ep_stats).
     Endpoint {
+        #[command(subcommand)]
+        op: ListOp,
+    },
+    /// Load-balancing maps (cilia_lb4_services, cilia_lb4_backends), read from the pins.
+    Lb {
+        #[command(subcommand)]
+        op: ListOp,
+    },
+    /// ip-masq-agent non-masquerade prefixes (map cilia_ipmasq_v4), read from the pins.
+    Ipmasq {
+        #[command(subcommand)]
+        op: ListOp,
+    },
+    /// Masqueraded flows (map cilia_snat_v4_external), read from the pins.
+    Nat {
         #[command(subcommand)]
         op: ListOp,
     },
@@ -89,6 +128,94 @@ fn ask(state_dir: &Path, req: &Request) -> anyhow::Result<Response> {
     Ok(r)
 }
 
+/// Cilium's `KubeProxyReplacement:` value: `True   [eth0   172.18.0.3 (Direct Routing)]` or `False`.
+fn kpr_line(s: &AgentStatus) -> String {
+    if !s.lb.enabled {
+        return "False".into();
+    }
+    let devs: Vec<String> =
+        s.lb.devices
+            .iter()
+            .map(|d| {
+                let addrs: Vec<String> = d.addrs.iter().map(|a| a.to_string()).collect();
+                let dr = if s.node_ip.is_some_and(|n| d.addrs.contains(&n)) {
+                    " (Direct Routing)"
+                } else {
+                    ""
+                };
+                format!("{}   {}{dr}", d.name, addrs.join(" "))
+            })
+            .collect();
+    format!("True   [{}]", devs.join(", "))
+}
+
+/// `cilium-dbg status --verbose`'s `KubeProxyReplacement Details:` block.
+fn kpr_details(s: &AgentStatus) -> Vec<String> {
+    let l = &s.lb;
+    let xdp = |d: &cilia_agent::lb::LbDevice| match d.xdp.as_str() {
+        "Native" => "Native",
+        "Generic" => "Generic",
+        _ => "Disabled",
+    };
+    let accel = match l.acceleration.as_str() {
+        "best-effort" => "Best-Effort".to_string(),
+        _ => l.devices.first().map(xdp).unwrap_or("Disabled").to_string(),
+    };
+    let backend = if l.algorithm == "Maglev" {
+        format!("Maglev (Table Size: {})", l.maglev_table_size)
+    } else {
+        "Random".into()
+    };
+    let mut v = vec![
+        "KubeProxyReplacement Details:".to_string(),
+        format!(
+            "  Status:                 {}",
+            if l.enabled { "True" } else { "False" }
+        ),
+        "  Socket LB:              Disabled".to_string(),
+        format!(
+            "  Devices:                {}",
+            l.devices
+                .iter()
+                .map(|d| format!(
+                    "{} {}",
+                    d.name,
+                    d.addrs
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        format!("  Mode:                   {}", l.mode),
+        format!("  Backend Selection:      {backend}"),
+        "  Session Affinity:       Enabled".to_string(),
+        "  Graceful Termination:   Enabled".to_string(),
+        format!("  XDP Acceleration:       {accel}"),
+        "  Services:".to_string(),
+    ];
+    for svc in [
+        "ClusterIP",
+        "NodePort (Range: 30000-32767)",
+        "LoadBalancer",
+        "externalIPs",
+    ] {
+        let (name, range) = svc.split_once(' ').unwrap_or((svc, ""));
+        let en = if l.enabled { "Enabled" } else { "Disabled" };
+        v.push(format!(
+            "  - {name}: {en}{}",
+            if range.is_empty() || !l.enabled {
+                String::new()
+            } else {
+                format!(" {range}")
+            }
+        ));
+    }
+    v
+}
+
 /// `Key:<pad>value` lines with a common label width, as cilium-dbg prints them.
 fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
     let mut v = vec![
@@ -97,6 +224,7 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
             "Kubernetes",
             format!("Disabled   [intents from {}]", s.intent_source),
         ),
+        ("KubeProxyReplacement", kpr_line(s)),
         (
             "Cilia",
             format!(
@@ -143,6 +271,9 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
     if let Some(c) = s.native_routing_cidr {
         v.push(("Native routing CIDR", c.to_string()));
     }
+    if !s.masquerading.is_empty() {
+        v.push(("Masquerading", s.masquerading.clone()));
+    }
     v.push(("Attach Mode", s.attach_mode.clone()));
     v.push(("Device Mode", "veth".into()));
     v.push(("Datapath writes", s.datapath_writes.to_string()));
@@ -188,7 +319,11 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Status { brief, output } => {
+        Cmd::Status {
+            brief,
+            verbose,
+            output,
+        } => {
             let Response::Status(s) = ask(&cli.state_dir, &Request::Status)? else {
                 bail!("unexpected answer")
             };
@@ -204,6 +339,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
                 for (k, v) in lines {
                     println!("{:<width$}{v}", format!("{k}:"));
+                }
+                if verbose && s.lb.enabled {
+                    for l in kpr_details(&s) {
+                        println!("{l}");
+                    }
                 }
             }
         }
@@ -235,6 +375,113 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::Service {
+            op: ListOp::List { output },
+        } => service_list(&cli.state_dir, output)?,
+        Cmd::Bpf {
+            map: BpfCmd::Lb {
+                op: ListOp::List { output },
+            },
+        } => bpf_lb_list(&cli.bpf_root, output)?,
+        Cmd::Bpf {
+            map: BpfCmd::Ipmasq {
+                op: ListOp::List { output },
+            },
+        } => bpf_ipmasq_list(&cli.bpf_root, output)?,
+        Cmd::Bpf {
+            map: BpfCmd::Nat {
+                op: ListOp::List { output },
+            },
+        } => bpf_nat_list(&cli.bpf_root, output)?,
+    }
+    Ok(())
+}
+
+fn service_list(state_dir: &Path, output: Output) -> anyhow::Result<()> {
+    let Response::ServiceList(rows) = ask(state_dir, &Request::ServiceList)? else {
+        bail!("unexpected answer")
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", format_service_list(&rows));
+    }
+    Ok(())
+}
+
+fn bpf_lb_list(bpf_root: &Path, output: Output) -> anyhow::Result<()> {
+    let dir = lb_pin_dir(bpf_root);
+    let e = read_lb_entries(&dir).with_context(|| {
+        format!(
+            "reading the load-balancing maps pinned in {} (root needed; is kube-proxy replacement on?)",
+            dir.display()
+        )
+    })?;
+    if output == Output::Json {
+        // Cilium's shape: "vip:port/PROTO (slot)" → the backend cells of that key.
+        let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (k, v) in lb_list_rows(&e) {
+            m.entry(k).or_default().push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else if e.services.is_empty() {
+        eprintln!("No entries found.");
+    } else {
+        print!("{}", format_lb_list(&e));
+    }
+    Ok(())
+}
+
+fn masq_context(dir: &Path) -> String {
+    format!(
+        "reading the masquerading maps pinned in {} (root needed; is BPF masquerading on?)",
+        dir.display()
+    )
+}
+
+fn bpf_ipmasq_list(bpf_root: &Path, output: Output) -> anyhow::Result<()> {
+    let dir = masq_pin_dir(bpf_root);
+    let set = read_ipmasq(&dir).with_context(|| masq_context(&dir))?;
+    if output == Output::Json {
+        let v: Vec<serde_json::Value> = set
+            .iter()
+            .map(|n| serde_json::json!({ "ip-prefix": n.to_string() }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let (out, err) = format_ipmasq_list(&set);
+        print!("{out}");
+        eprint!("{err}");
+    }
+    Ok(())
+}
+
+fn bpf_nat_list(bpf_root: &Path, output: Output) -> anyhow::Result<()> {
+    let dir = masq_pin_dir(bpf_root);
+    let nat = read_nat(&dir).with_context(|| masq_context(&dir))?;
+    let now = monotonic_ns();
+    if output == Output::Json {
+        // One object per entry: the tuple and its translation, as the table prints them.
+        let v: Vec<serde_json::Value> = nat
+            .iter()
+            .map(|(k, e)| {
+                let inbound = u32::from(k.dir) == cilia_datapath::maps::c::MASQ_DIR_IN;
+                serde_json::json!({
+                    "entry": format_nat_entry(k, e, now),
+                    "proto": k.proto,
+                    "direction": if inbound { "IN" } else { "OUT" },
+                    "source": format!("{}:{}", ip_of(k.saddr), u16::from_be(k.sport)),
+                    "destination": format!("{}:{}", ip_of(k.daddr), u16::from_be(k.dport)),
+                    "xlate": format!("{}:{}", ip_of(e.to_addr), u16::from_be(e.to_port)),
+                    "createdSecAgo": now.saturating_sub(e.created_ns) / 1_000_000_000,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let (out, err) = format_nat_list(&nat, now);
+        print!("{out}");
+        eprint!("{err}");
     }
     Ok(())
 }
@@ -248,4 +495,79 @@ fn stats_row(r: &EndpointStatsRow) -> Vec<String> {
         r.tx_packets.to_string(),
         r.tx_bytes.to_string(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cilia_agent::lb::{LbDevice, LbStatus};
+
+    fn status(enabled: bool) -> AgentStatus {
+        AgentStatus {
+            node_ip: Some("172.18.0.3".parse().unwrap()),
+            lb: LbStatus {
+                enabled,
+                devices: vec![LbDevice {
+                    name: "eth0".into(),
+                    ifindex: 2,
+                    addrs: vec!["172.18.0.3".parse().unwrap()],
+                    xdp: "Native".into(),
+                }],
+                acceleration: "native".into(),
+                mode: "DSR".into(),
+                algorithm: "Maglev".into(),
+                maglev_table_size: 16381,
+                services: 3,
+            },
+            ..Default::default()
+        }
+    }
+
+    // `KubeProxyReplacement:` in Cilium's current shape, right after `Kubernetes:`.
+    #[test]
+    fn kube_proxy_replacement_line() {
+        let s = status(true);
+        assert_eq!(kpr_line(&s), "True   [eth0   172.18.0.3 (Direct Routing)]");
+        let lines = status_lines(&s);
+        assert_eq!(lines[1].0, "Kubernetes");
+        assert_eq!(lines[2].0, "KubeProxyReplacement");
+        assert_eq!(kpr_line(&status(false)), "False");
+        let d = kpr_details(&s);
+        assert_eq!(d[0], "KubeProxyReplacement Details:");
+        assert!(d.iter().any(|l| l.ends_with("Mode:                   DSR")));
+        assert!(d.iter().any(|l| l.contains("Maglev (Table Size: 16381)")));
+        assert!(
+            d.iter()
+                .any(|l| l.ends_with("XDP Acceleration:       Native"))
+        );
+        assert!(d.contains(&"  - NodePort: Enabled (Range: 30000-32767)".to_string()));
+    }
+
+    #[test]
+    fn commands_parse() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for args in [
+            &["cilia-dbg", "service", "list"][..],
+            &["cilia-dbg", "service", "list", "-o", "json"],
+            &["cilia-dbg", "bpf", "lb", "list"],
+            &[
+                "cilia-dbg",
+                "bpf",
+                "lb",
+                "list",
+                "-o",
+                "json",
+                "--bpf-root",
+                "/x",
+            ],
+            &["cilia-dbg", "status", "--verbose"],
+            &["cilia-dbg", "bpf", "ipmasq", "list"],
+            &["cilia-dbg", "bpf", "ipmasq", "list", "-o", "json"],
+            &["cilia-dbg", "bpf", "nat", "list"],
+            &["cilia-dbg", "bpf", "nat", "list", "-o", "json"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
 }

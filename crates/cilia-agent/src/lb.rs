@@ -1,0 +1,407 @@
+//! Service load balancing in the apply loop: the node's intent → the services it serves
+//! ([`cilia_datapath::lb_intent`], pure) → map entries → the difference to what is pinned → writes;
+//! then the node config and the program links per `loadBalancer.acceleration`. Everything is read
+//! back from the pins, so a restarted agent with an unchanged intent writes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use cilia_datapath::bpf::BpfError;
+use cilia_datapath::lb::{assign_backend_ids, desired_entries, lb_diff};
+use cilia_datapath::lb_bpf::{
+    LbDatapath, LbLink, LbLinkKind, LbMapSizes, NODE_TC_PROGS, XdpAttach, pinned_node_links,
+    read_lb_entries,
+};
+use cilia_datapath::lb_intent::{
+    LbIntentError, ServiceRow, maglev_params, node_services, pinned_backend_ids, pinned_service_ids,
+};
+use cilia_datapath::lb_maps::{LbConfig, be32};
+use cilia_model::NodeIntent;
+use cilia_model::service::Acceleration;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// The load balancer's pins live in their own directory under the agent's bpf root.
+pub const LB_PIN_SUBDIR: &str = "lb";
+/// Source ports SNATed flows leave the node with (Cilium's NodePort NAT range).
+pub const SNAT_PORT_MIN: u16 = 32768;
+pub const SNAT_PORT_MAX: u16 = 65535;
+
+/// Where the load balancer of an agent with bpf root `bpf_root` pins its maps and links.
+pub fn lb_pin_dir(bpf_root: &Path) -> PathBuf {
+    bpf_root.join(LB_PIN_SUBDIR)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbApplyError {
+    #[error("invalid service intent: {0}")]
+    Intent(#[from] LbIntentError),
+    #[error("{field}: {reason} (got {value})")]
+    Device {
+        field: String,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error("computing map entries: {0}")]
+    Entries(#[from] cilia_datapath::lb::LbError),
+}
+
+/// A node device the load balancer runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LbDevice {
+    pub name: String,
+    pub ifindex: u32,
+    pub addrs: Vec<Ipv4Addr>,
+    /// What runs there: `Native`, `Generic` or `Disabled` (TC only).
+    pub xdp: String,
+}
+
+/// What `cilia-dbg status` reports about service load balancing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LbStatus {
+    /// `kube-proxy-replacement`.
+    pub enabled: bool,
+    pub devices: Vec<LbDevice>,
+    /// `bpf-lb-acceleration` as configured (`native`, `best-effort`, `disabled`, `testing-only`).
+    pub acceleration: String,
+    pub mode: String,
+    pub algorithm: String,
+    pub maglev_table_size: u32,
+    pub services: usize,
+}
+
+/// The agent's load balancer: loaded on first use, maps and links pinned under `pin_dir`.
+pub struct LbAgent {
+    pin_dir: PathBuf,
+    sizes: LbMapSizes,
+    dp: Option<LbDatapath>,
+    /// Devices (name, ifindex) where best-effort native XDP failed: TC only, not retried.
+    best_effort_failed: BTreeSet<(String, u32)>,
+    /// What the maps hold after this agent's last successful write. The pins are read back on the
+    /// first apply (a restart) and after any failure; in between this is what they hold, so a
+    /// resync does not re-read every maglev table entry by entry.
+    held: Option<cilia_datapath::lb::LbEntries>,
+    pub rows: Vec<ServiceRow>,
+    pub status: LbStatus,
+}
+
+/// A device as the load balancer needs it: ifindex, IPv4 addresses, MAC.
+type IfFacts = (u32, Vec<Ipv4Addr>, [u8; 6]);
+/// A node device: name and its facts.
+type NodeDevice = (String, u32, Vec<Ipv4Addr>, [u8; 6]);
+
+/// Interfaces of this network namespace by name.
+fn interfaces() -> BTreeMap<String, IfFacts> {
+    let mut out: BTreeMap<String, IfFacts> = BTreeMap::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; every pointer is checked before use.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_name.is_null() || ifa.ifa_addr.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                .to_string_lossy()
+                .into_owned();
+            let idx = libc::if_nametoindex(ifa.ifa_name);
+            let e = out.entry(name).or_insert((idx, Vec::new(), [0; 6]));
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    e.1.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                }
+                libc::AF_PACKET => {
+                    let sll = &*(ifa.ifa_addr as *const libc::sockaddr_ll);
+                    if sll.sll_halen == 6 {
+                        e.2.copy_from_slice(&sll.sll_addr[..6]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// FNV-1a of the node name: a hash seed that is the same on every start of this node's agent.
+fn seed_of(node: &str) -> u32 {
+    node.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn accel_name(a: Acceleration) -> &'static str {
+    match a {
+        Acceleration::Native => "native",
+        Acceleration::BestEffort => "best-effort",
+        Acceleration::Disabled => "disabled",
+        Acceleration::TestingOnly => "testing-only",
+    }
+}
+
+impl LbAgent {
+    pub fn new(pin_dir: PathBuf, sizes: LbMapSizes) -> Self {
+        LbAgent {
+            pin_dir,
+            sizes,
+            dp: None,
+            best_effort_failed: BTreeSet::new(),
+            held: None,
+            rows: Vec::new(),
+            status: LbStatus::default(),
+        }
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn datapath(&mut self) -> Result<&mut LbDatapath, BpfError> {
+        if self.dp.is_none() {
+            self.dp = Some(LbDatapath::load(&self.pin_dir, &self.sizes)?);
+            info!(pin_dir = %self.pin_dir.display(), "load-balancer programs loaded");
+        }
+        Ok(self.dp.as_mut().expect("just loaded"))
+    }
+
+    /// The devices the load balancer runs on: `datapath.devices`, or the one holding the node
+    /// address.
+    fn devices(&self, intent: &NodeIntent) -> Result<Vec<NodeDevice>, LbApplyError> {
+        let ifs = interfaces();
+        let cfg = &intent.datapath;
+        if cfg.devices.is_empty() {
+            let (name, (idx, addrs, mac)) = ifs
+                .iter()
+                .find(|(_, (_, a, _))| a.contains(&intent.node_ip))
+                .ok_or_else(|| LbApplyError::Device {
+                    field: "nodeIp".into(),
+                    value: intent.node_ip.to_string(),
+                    reason: "no device of this node holds the node address (set datapath.devices)",
+                })?;
+            return Ok(vec![(name.clone(), *idx, addrs.clone(), *mac)]);
+        }
+        cfg.devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                ifs.get(d)
+                    .map(|(idx, a, m)| (d.clone(), *idx, a.clone(), *m))
+                    .ok_or_else(|| LbApplyError::Device {
+                        field: format!("datapath.devices[{i}]"),
+                        value: d.clone(),
+                        reason: "no such device on this node",
+                    })
+            })
+            .collect()
+    }
+
+    /// Makes the load balancer match `intent`; returns the number of kernel writes. On an error
+    /// nothing of the computation is written and what is pinned stays as it was (a failure while
+    /// writing leaves the rest for the next pass, which reads the pins back first).
+    pub fn apply(&mut self, intent: &NodeIntent) -> Result<u64, LbApplyError> {
+        let r = self.apply_inner(intent);
+        if r.is_err() {
+            self.held = None;
+        }
+        r
+    }
+
+    fn apply_inner(&mut self, intent: &NodeIntent) -> Result<u64, LbApplyError> {
+        let cfg = &intent.datapath;
+        if !cfg.kube_proxy_replacement {
+            return self.disable();
+        }
+        // Everything that can be refused is checked before the first write.
+        let maglev = maglev_params(cfg)?;
+        let devices = self.devices(intent)?;
+        let node = intent.node.clone();
+        let held = self.held.take();
+        let dp = self.datapath()?;
+        let current = match held {
+            Some(h) => h,
+            None => dp.read_entries()?,
+        };
+        let svcs = node_services(intent, &pinned_service_ids(&current))?;
+        let ids = assign_backend_ids(&svcs.specs, &pinned_backend_ids(&current));
+        let want = desired_entries(&svcs.specs, &ids, maglev)?;
+        let mut writes = 0u64;
+
+        let old_cfg = dp.config()?;
+        let new_cfg = LbConfig {
+            node_addr: be32(intent.node_ip),
+            node_mac: devices.first().map(|d| d.3).unwrap_or_default(),
+            snat_port_min: SNAT_PORT_MIN,
+            snat_port_max: SNAT_PORT_MAX,
+            pad: 0,
+            maglev_table_size: maglev.table_size,
+            // Kept from the pins: a new seed would move every flow whose conntrack entry expired.
+            hash_seed: if old_cfg.hash_seed != 0 {
+                old_cfg.hash_seed
+            } else {
+                seed_of(&node) | 1
+            },
+        };
+        if new_cfg != old_cfg {
+            dp.set_config(&new_cfg)?;
+            writes += 1;
+            info!(node_ip = %intent.node_ip, "load-balancer node config written");
+        }
+        let diff = lb_diff(&want, &current);
+        if !diff.is_empty() {
+            dp.apply(&diff, maglev)?;
+            writes += diff.len() as u64;
+            info!(
+                writes = diff.len(),
+                services = svcs.specs.len(),
+                "load-balancer maps updated"
+            );
+        }
+        self.held = Some(want);
+
+        // Links: TC always; XDP per acceleration. Unwanted links go first, so a native XDP link is
+        // detached before a generic one replaces it (the kernel refuses both); meanwhile TC, which
+        // shares the conntrack map, carries every flow.
+        let mut wanted: BTreeSet<LbLink> = BTreeSet::new();
+        let mut xdp_of: BTreeMap<String, Option<XdpAttach>> = BTreeMap::new();
+        for (name, idx, _, _) in &devices {
+            for (p, _) in NODE_TC_PROGS {
+                wanted.insert(LbLink {
+                    iface: name.clone(),
+                    ifindex: *idx,
+                    what: LbLinkKind::Tc(p),
+                });
+            }
+            let x = match cfg.acceleration {
+                Acceleration::Native => Some(XdpAttach::Native),
+                Acceleration::BestEffort
+                    if !self.best_effort_failed.contains(&(name.clone(), *idx)) =>
+                {
+                    Some(XdpAttach::Native)
+                }
+                Acceleration::TestingOnly => Some(XdpAttach::Generic),
+                _ => None,
+            };
+            if let Some(x) = x {
+                wanted.insert(LbLink {
+                    iface: name.clone(),
+                    ifindex: *idx,
+                    what: LbLinkKind::Xdp(x),
+                });
+            }
+            xdp_of.insert(name.clone(), x);
+        }
+        let dp = self.dp.as_mut().expect("loaded above");
+        let pinned = pinned_node_links(&self.pin_dir);
+        for l in pinned.iter().filter(|l| {
+            // Pins carry pin-safe names: compare on those.
+            !wanted.iter().any(|w| {
+                w.iface.replace('.', "-") == l.iface && w.ifindex == l.ifindex && w.what == l.what
+            })
+        }) {
+            dp.remove_link(l)?;
+            writes += 1;
+            info!(iface = %l.iface, link = ?l.what, "load-balancer link removed");
+        }
+        for l in &wanted {
+            match dp.ensure_link(&l.iface, l.ifindex, l.what) {
+                Ok(true) => {
+                    writes += 1;
+                    info!(iface = %l.iface, link = ?l.what, "load-balancer link attached");
+                }
+                Ok(false) => {}
+                Err(e)
+                    if cfg.acceleration == Acceleration::BestEffort
+                        && matches!(l.what, LbLinkKind::Xdp(_)) =>
+                {
+                    warn!(iface = %l.iface, error = %e, "native XDP unavailable; TC only (best-effort)");
+                    self.best_effort_failed.insert((l.iface.clone(), l.ifindex));
+                    xdp_of.insert(l.iface.clone(), None);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        self.rows = svcs.rows;
+        self.status = LbStatus {
+            enabled: true,
+            devices: devices
+                .iter()
+                .map(|(name, idx, addrs, _)| LbDevice {
+                    name: name.clone(),
+                    ifindex: *idx,
+                    addrs: addrs.clone(),
+                    xdp: match xdp_of.get(name).copied().flatten() {
+                        Some(XdpAttach::Native) => "Native",
+                        Some(XdpAttach::Generic) => "Generic",
+                        None => "Disabled",
+                    }
+                    .into(),
+                })
+                .collect(),
+            acceleration: accel_name(cfg.acceleration).into(),
+            mode: match cfg.lb_mode {
+                cilia_model::service::LbMode::Snat => "SNAT",
+                cilia_model::service::LbMode::Dsr => "DSR",
+                cilia_model::service::LbMode::Hybrid => "Hybrid",
+            }
+            .into(),
+            algorithm: match cfg.lb_algorithm {
+                cilia_model::service::LbAlgorithm::Random => "Random",
+                cilia_model::service::LbAlgorithm::Maglev => "Maglev",
+            }
+            .into(),
+            maglev_table_size: maglev.table_size,
+            services: self.rows.len(),
+        };
+        Ok(writes)
+    }
+
+    /// Kube-proxy replacement off: every link and service entry goes (flows too are forgotten by
+    /// the datapath once no program runs). Nothing pinned, nothing loaded: nothing to do.
+    fn disable(&mut self) -> Result<u64, LbApplyError> {
+        let mut writes = 0u64;
+        self.held = None;
+        let links = pinned_node_links(&self.pin_dir);
+        let has_entries = self.dp.is_some()
+            || read_lb_entries(&self.pin_dir).is_ok_and(|e| !e.services.is_empty());
+        if links.is_empty() && !has_entries {
+            self.rows.clear();
+            self.status = LbStatus::default();
+            return Ok(0);
+        }
+        let dp = self.datapath()?;
+        for l in &links {
+            dp.remove_link(l)?;
+            writes += 1;
+        }
+        let current = dp.read_entries()?;
+        let diff = lb_diff(&Default::default(), &current);
+        if !diff.is_empty() {
+            dp.apply(&diff, Default::default())?;
+            writes += diff.len() as u64;
+        }
+        if writes > 0 {
+            info!(writes, "kube-proxy replacement off: load balancer removed");
+        }
+        self.rows.clear();
+        self.status = LbStatus::default();
+        Ok(writes)
+    }
+
+    /// The loaded datapath (tests read counters and conntrack through it).
+    pub fn loaded(&self) -> Option<&LbDatapath> {
+        self.dp.as_ref()
+    }
+}
