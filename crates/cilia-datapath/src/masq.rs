@@ -144,7 +144,7 @@ impl MasqDesired {
         if let Some(p) = intent.pod_cidr {
             cluster.insert(p.trunc());
         }
-        for r in &intent.routes {
+        for r in intent.routes.iter() {
             cluster.insert(r.dst.trunc());
             cluster.insert(host(r.via));
             other_nodes.insert(r.via);

@@ -101,7 +101,7 @@ impl NodeIntent {
         let mut m = BTreeMap::new();
         let node = Entry::Node(self.facts());
         m.insert(node.key(), node);
-        for r in &self.routes {
+        for r in self.routes.iter() {
             let e = Entry::Route(*r);
             m.insert(e.key(), e);
         }
@@ -603,7 +603,7 @@ mod tests {
             dst: "10.244.99.0/24".parse().unwrap(),
             via: Ipv4Addr::new(172, 18, 0, 9),
         };
-        b.routes.insert(r);
+        std::sync::Arc::make_mut(&mut b.routes).insert(r);
         let d = diff(&a, &b);
         assert_eq!(d.upserts, vec![Entry::Route(r)]);
         assert!(d.deletes.is_empty());

@@ -217,7 +217,7 @@ impl ClusterIntents {
             } else if full_routes {
                 let r = routes_from_claims(&self.claims, me);
                 match old {
-                    Some(o) if o.routes == r => Routes::Same(&o.routes),
+                    Some(o) if *o.routes == r => Routes::Same(&o.routes),
                     _ => Routes::New(r),
                 }
             } else {
@@ -244,8 +244,8 @@ impl ClusterIntents {
                 routing_mode: self.routing.mode,
                 native_routing_cidr: self.routing.native_routing_cidr,
                 routes: match routes {
-                    Routes::Same(r) => r.clone(),
-                    Routes::New(r) => r,
+                    Routes::Same(r) => Arc::clone(r),
+                    Routes::New(r) => Arc::new(r),
                 },
                 services: self.services.clone(),
                 datapath: self.datapath.clone(),
@@ -396,7 +396,7 @@ impl ClusterIntents {
 }
 
 enum Routes<'a> {
-    Same(&'a BTreeSet<RouteIntent>),
+    Same(&'a Arc<BTreeSet<RouteIntent>>),
     New(BTreeSet<RouteIntent>),
 }
 
@@ -422,7 +422,7 @@ fn routes_from_claims(claims: &Claims, me: &NodeInfo) -> BTreeSet<RouteIntent> {
 
 /// `old` with the routes to `dsts` recomputed; `Same` when none of them changed.
 fn patch_routes<'a>(
-    old: &'a BTreeSet<RouteIntent>,
+    old: &'a Arc<BTreeSet<RouteIntent>>,
     claims: &Claims,
     me: &NodeInfo,
     dsts: &[Ipv4Net],
@@ -448,7 +448,7 @@ fn patch_routes<'a>(
     if updates.is_empty() {
         return Routes::Same(old);
     }
-    let mut routes = old.clone();
+    let mut routes = BTreeSet::clone(old);
     for (a, b) in updates {
         if let Some(a) = a {
             routes.remove(&a);

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,8 @@ pub struct NodeIntent {
     pub routing_mode: RoutingMode,
     /// Recorded for masquerading: traffic into this range is never masqueraded.
     pub native_routing_cidr: Option<Ipv4Net>,
-    pub routes: BTreeSet<RouteIntent>,
+    /// Shared: rebuilding 1,000 intents for one Service change must not copy 1,000 route sets.
+    pub routes: Arc<BTreeSet<RouteIntent>>,
     /// Services to load-balance, by `namespace/name`; the same for every node, and shared.
     #[serde(default)]
     pub services: ServiceMap,
@@ -65,7 +67,7 @@ impl NodeIntent {
             pod_cidr: f.pod_cidr,
             routing_mode: f.routing_mode,
             native_routing_cidr: f.native_routing_cidr,
-            routes,
+            routes: Arc::new(routes),
             services: ServiceMap::new(),
             datapath: DatapathConfig::default(),
         }
@@ -90,7 +92,7 @@ pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, Int
         pod_cidr: me.pod_cidr,
         routing_mode: cluster.routing.mode,
         native_routing_cidr: cluster.routing.native_routing_cidr,
-        routes: routes(cluster, me),
+        routes: Arc::new(routes(cluster, me)),
         services: crate::service::services(cluster),
         datapath: cluster.datapath.clone(),
     })
@@ -183,7 +185,7 @@ mod tests {
             route("10.244.2.0/24", [172, 18, 0, 4]),
         ]
         .into();
-        assert_eq!(i.routes, want);
+        assert_eq!(*i.routes, want);
         assert_eq!(i.pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
         assert_eq!(
             i.native_routing_cidr,
@@ -197,7 +199,7 @@ mod tests {
         let mut c = lab();
         c.nodes.retain(|n| n.name != "worker2");
         let i = node_intent(&c, "worker").unwrap();
-        assert_eq!(i.routes, [route("10.244.0.0/24", [172, 18, 0, 2])].into());
+        assert_eq!(*i.routes, [route("10.244.0.0/24", [172, 18, 0, 2])].into());
     }
 
     // No pod CIDR yet: nothing to route to.
@@ -226,7 +228,7 @@ mod tests {
         let mut c = lab();
         c.nodes[2].pod_cidr = Some("10.244.1.0/25".parse().unwrap());
         let i = node_intent(&c, "worker").unwrap();
-        assert_eq!(i.routes, [route("10.244.0.0/24", [172, 18, 0, 2])].into());
+        assert_eq!(*i.routes, [route("10.244.0.0/24", [172, 18, 0, 2])].into());
     }
 
     // Two peers claiming one pod CIDR: the first by name wins, on every node alike.
@@ -237,7 +239,7 @@ mod tests {
             .push(mk_node("aaa-dup", [172, 18, 0, 9], Some("10.244.2.0/24")));
         let i = node_intent(&c, "worker").unwrap();
         assert_eq!(
-            i.routes,
+            *i.routes,
             [
                 route("10.244.0.0/24", [172, 18, 0, 2]),
                 route("10.244.2.0/24", [172, 18, 0, 9])
