@@ -360,3 +360,140 @@ fn helm_install_upgrade_rollback_uninstall() {
         "release records removed: {releases}"
     );
 }
+
+/// `kubectl apply` of a Node as kubelet would register it.
+fn register_node(c: &Cluster, name: &str) {
+    let manifest = c.scratch.0.join(format!("node-{name}.yaml"));
+    std::fs::write(
+        &manifest,
+        format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  podCIDR: 10.244.9.0/24\n"),
+    )
+    .unwrap();
+    c.kubectl_ok(&["apply", "-f", path_str(&manifest)]);
+}
+
+/// The agent Secret's data, decoded, by key.
+fn agent_secret(c: &Cluster) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use base64::Engine as _;
+    let json = c.kubectl_ok(&[
+        "get",
+        "secret",
+        "cilia-agent-tls",
+        "-n",
+        "kube-system",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["data"]
+        .as_object()
+        .expect("data")
+        .iter()
+        .map(|(k, b64)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_str().unwrap())
+                .unwrap();
+            (k.clone(), bytes)
+        })
+        .collect()
+}
+
+/// `openssl` on a PEM certificate: its subject, and whether `ca` signed it.
+fn subject_and_verified(c: &Cluster, cert: &[u8], ca: &[u8]) -> (String, bool) {
+    let dir = &c.scratch.0;
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(dir.join("cert.pem"))
+        .output()
+        .unwrap();
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(dir.join("ca.pem"))
+        .arg(dir.join("cert.pem"))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&subject.stdout).trim().to_string(),
+        verify.status.success(),
+    )
+}
+
+// Every Node gets its own client certificate (CN node/<name>, the identity the operator checks),
+// signed by the stream's CA; an upgrade keeps them and adds one for a node that joined since.
+#[test]
+fn helm_issues_one_agent_certificate_per_node() {
+    let c = Cluster::start();
+    for n in ["control-plane", "worker"] {
+        register_node(&c, n);
+    }
+    let chart = repo().join("charts/cilia");
+    let values = seed("cilium-medium.yaml");
+    let ns = ["-n", "kube-system"];
+    c.helm_ok(
+        &[
+            &["install", "cilia", path_str(&chart)][..],
+            &ns,
+            &["-f", path_str(&values)],
+        ]
+        .concat(),
+    );
+    let first = agent_secret(&c);
+    let keys: Vec<&str> = first.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "ca.crt",
+            "control-plane.crt",
+            "control-plane.key",
+            "worker.crt",
+            "worker.key"
+        ]
+    );
+    for n in ["control-plane", "worker"] {
+        let (subject, ok) = subject_and_verified(&c, &first[&format!("{n}.crt")], &first["ca.crt"]);
+        assert_eq!(subject, format!("subject=CN=node/{n}"));
+        assert!(ok, "{n}'s certificate is signed by the stream CA");
+    }
+    // The operator's certificate comes from the same CA.
+    let op = c.kubectl_ok(&[
+        "get",
+        "secret",
+        "cilia-operator-tls",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    {
+        use base64::Engine as _;
+        let op_ca = base64::engine::general_purpose::STANDARD
+            .decode(op.trim())
+            .unwrap();
+        assert_eq!(op_ca, first["ca.crt"]);
+    }
+
+    register_node(&c, "worker2");
+    c.helm_ok(
+        &[
+            &["upgrade", "cilia", path_str(&chart)][..],
+            &ns,
+            &["-f", path_str(&values), "--set", "bpf.masquerade=false"],
+        ]
+        .concat(),
+    );
+    let second = agent_secret(&c);
+    for k in [
+        "ca.crt",
+        "control-plane.crt",
+        "control-plane.key",
+        "worker.crt",
+        "worker.key",
+    ] {
+        assert_eq!(second[k], first[k], "{k} is kept across the upgrade");
+    }
+    let (subject, ok) = subject_and_verified(&c, &second["worker2.crt"], &second["ca.crt"]);
+    assert_eq!(subject, "subject=CN=node/worker2");
+    assert!(ok);
+}

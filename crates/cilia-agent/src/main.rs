@@ -196,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
     let mut source = match (&args.operator, &args.cluster_file) {
         (Some(op), _) => {
             let tls_dir = args.tls_dir.as_ref().expect("clap requires --tls-dir");
-            let tls = ClientTls::read(tls_dir, args.tls_server_name.clone())?;
+            let tls = ClientTls::read(tls_dir, &args.node_name, args.tls_server_name.clone())?;
             // Fail static across restarts: serve what was applied before, operator or not.
             let held = HeldIntent::load(&args.state_dir);
             if let Some(h) = &held {

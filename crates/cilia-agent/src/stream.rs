@@ -206,16 +206,23 @@ pub struct TlsDirError {
 }
 
 impl ClientTls {
-    /// Reads `ca.crt`, `tls.crt` and `tls.key` (the mounted agent Secret).
-    pub fn read(dir: &Path, server_name: Option<String>) -> Result<Self, TlsDirError> {
+    /// Reads the mounted agent Secret: `ca.crt`, and this node's certificate — `<node>.crt` /
+    /// `<node>.key` when the Secret holds one per node (the chart's layout), else `tls.crt` /
+    /// `tls.key` (a directory made for this node alone, as `cilia-operator certs` writes).
+    pub fn read(dir: &Path, node: &str, server_name: Option<String>) -> Result<Self, TlsDirError> {
         let read = |f: &str| {
             let path = dir.join(f);
             std::fs::read(&path).map_err(|source| TlsDirError { path, source })
         };
+        let (cert, key) = if dir.join(format!("{node}.crt")).exists() {
+            (format!("{node}.crt"), format!("{node}.key"))
+        } else {
+            (CERT_FILE.to_string(), KEY_FILE.to_string())
+        };
         Ok(ClientTls {
             ca: read(CA_FILE)?,
-            cert: read(CERT_FILE)?,
-            key: read(KEY_FILE)?,
+            cert: read(&cert)?,
+            key: read(&key)?,
             server_name,
         })
     }

@@ -547,3 +547,33 @@ async fn malformed_updates_keep_the_intent_and_ask_for_a_resync() {
     assert!(s.connected, "one stream throughout: {s:?}");
     let _ = c.shutdown.send(true);
 }
+
+// The chart's agent Secret holds one certificate per node (<node>.crt/.key): the agent takes its
+// own; a directory made for one node (tls.crt/tls.key) still works.
+#[test]
+fn client_tls_picks_this_nodes_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("ca.crt"), b"CA").unwrap();
+    std::fs::write(p.join("tls.crt"), b"SHARED").unwrap();
+    std::fs::write(p.join("tls.key"), b"SHARED-KEY").unwrap();
+    let t = ClientTls::read(p, "worker", None).unwrap();
+    assert_eq!(
+        (t.cert.as_slice(), t.key.as_slice()),
+        (&b"SHARED"[..], &b"SHARED-KEY"[..])
+    );
+    std::fs::write(p.join("worker.crt"), b"WORKER").unwrap();
+    std::fs::write(p.join("worker.key"), b"WORKER-KEY").unwrap();
+    std::fs::write(p.join("worker2.crt"), b"OTHER").unwrap();
+    let t = ClientTls::read(p, "worker", None).unwrap();
+    assert_eq!(
+        (t.cert.as_slice(), t.key.as_slice()),
+        (&b"WORKER"[..], &b"WORKER-KEY"[..])
+    );
+    assert_eq!(t.ca, b"CA");
+    // A node whose key is missing is an error naming the file, not a fallback to another identity.
+    let e = ClientTls::read(p, "worker2", None)
+        .err()
+        .expect("worker2.key is missing");
+    assert!(e.path.ends_with("worker2.key"), "{e}");
+}
