@@ -2,7 +2,6 @@
 //! in bpffs like the agent does.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
 
 use aya::EbpfLoader;
 use aya::programs::SchedClassifier;
@@ -24,21 +23,8 @@ fn frame() -> Vec<u8> {
     f
 }
 
-/// Skips (with the reason) where the kernel or privileges cannot load programs.
-fn can_load_bpf() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: loading eBPF programs needs root (CAP_BPF + CAP_NET_ADMIN)");
-        return false;
-    }
-    true
-}
-
-struct PinDir(PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{PinDir, can_load_bpf};
 
 // Every packet in either direction is counted for the endpoint and passed on untouched.
 #[test]
@@ -47,10 +33,7 @@ fn counts_packets_both_ways_and_never_drops() {
         return;
     }
     cilia_datapath::bpf::ensure_bpffs().unwrap();
-    let dir = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/cilia/test-ep-{}",
-        std::process::id()
-    )));
+    let dir = PinDir::new("ep", "prog");
     std::fs::create_dir_all(&dir.0).unwrap();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&dir.0)

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use cilia_datapath::l2::{L2Datapath, L2ResponderKey, read_entries};
 use cilia_datapath::testrun::test_run;
@@ -18,20 +17,8 @@ const NODE_MAC: [u8; 6] = [0x02, 0xc1, 0x1a, 0, 0, 3];
 const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0x1e, 0, 0, 100];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 100);
 
-fn can_load_bpf() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: loading eBPF programs needs root (CAP_BPF + CAP_NET_ADMIN)");
-        return false;
-    }
-    true
-}
-
-struct PinDir(PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{PinDir, can_load_bpf};
 
 /// An ARP packet: `op`, sender (mac, ip), target ip, padded to the Ethernet minimum.
 fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr, dst_mac: [u8; 6]) -> Vec<u8> {
@@ -117,10 +104,7 @@ fn arp_responder_table() {
         return;
     }
     cilia_datapath::bpf::ensure_bpffs().unwrap();
-    let dir = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/cilia/test-l2-{}",
-        std::process::id()
-    )));
+    let dir = PinDir::new("l2", "prog");
     let mut dp = L2Datapath::load(&dir.0).unwrap();
     let desired: BTreeMap<_, _> = [(L2ResponderKey::new(VIP, LO), NODE_MAC)].into();
     assert_eq!(dp.apply(&desired).unwrap(), 1);

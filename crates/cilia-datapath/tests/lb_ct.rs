@@ -4,8 +4,7 @@
 //! past their lifetime are replaced and give their SNAT port back.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 
 use cilia_datapath::lb::{
     BackendKey, Proto, ServiceSpec, assign_backend_ids, desired_entries, lb_diff,
@@ -17,35 +16,8 @@ use cilia_datapath::lb_maps::{
     LbCounter, ct_tick, ct_ticks, ip_of,
 };
 
-fn can_load_bpf() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: loading eBPF programs needs root (CAP_BPF + CAP_NET_ADMIN)");
-        return false;
-    }
-    cilia_datapath::bpf::ensure_bpffs().expect("bpffs");
-    true
-}
-
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/cilia/test-lbct-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{PinDir, can_load_bpf};
 
 fn seeded(pin: &Path, services: &[ServiceSpec]) -> LbDatapath {
     let mut dp = LbDatapath::load(pin, &LbMapSizes::small()).unwrap();
@@ -165,7 +137,7 @@ fn lifetimes_follow_the_flow() {
         let mut failures = Vec::new();
         for row in rows() {
             for hook in [Hook::Xdp, Hook::Tc] {
-                let pin = PinDir::new(row.name);
+                let pin = PinDir::new("lbct", row.name);
                 let dp = seeded(&pin.0, &world());
                 let fd = prog(&dp, hook);
                 let mut t0 = 0;
@@ -221,7 +193,7 @@ fn expired_entries_start_over_and_release_their_port() {
         let syn = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_SYN).build();
         let ack = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_ACK).build();
         for hook in [Hook::Xdp, Hook::Tc] {
-            let pin = PinDir::new("expire");
+            let pin = PinDir::new("lbct", "expire");
             let mut dp = seeded(&pin.0, &world());
             let fd = prog(&dp, hook);
             run_frame(fd, hook, net.lb0, &syn).unwrap();
@@ -299,7 +271,7 @@ fn removed_backend_is_not_used() {
         let syn = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_SYN).build();
         let ack = FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_ACK).build();
         for hook in [Hook::Xdp, Hook::Tc] {
-            let pin = PinDir::new("stale");
+            let pin = PinDir::new("lbct", "stale");
             let mut dp = seeded(&pin.0, &world());
             let fd = prog(&dp, hook);
             run_frame(fd, hook, net.lb0, &syn).unwrap();

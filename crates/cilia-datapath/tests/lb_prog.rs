@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 
 use cilia_datapath::lb::{
     Backend, LbAlgorithm, ServiceSpec, assign_backend_ids, desired_entries, flow_hash,
@@ -18,37 +17,8 @@ use cilia_datapath::lb_bpf::{
 use cilia_datapath::lb_fixtures::*;
 use cilia_datapath::lb_maps::{Lb4NatEntry, Lb4Tuple, LbCounter, be16, be32, ip_of};
 
-/// Skips (with the reason) where the kernel or privileges cannot load programs.
-fn can_load_bpf() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: loading eBPF programs needs root (CAP_BPF + CAP_NET_ADMIN)");
-        return false;
-    }
-    cilia_datapath::bpf::ensure_bpffs().expect("bpffs");
-    true
-}
-
-/// A pin directory of its own, removed with everything pinned below it.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/cilia/test-lb-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{PinDir, can_load_bpf};
 
 /// Loads both objects under `pin`, writes the node config and `services` through the diff.
 fn seeded(pin: &Path, services: &[ServiceSpec]) -> LbDatapath {
@@ -105,7 +75,7 @@ fn table_rows_on_xdp_and_tc() {
         for case in lb_cases() {
             let mut outs = Vec::new();
             for hook in [Hook::Xdp, Hook::Tc] {
-                let pin = PinDir::new(case.name);
+                let pin = PinDir::new("lb", case.name);
                 let dp = seeded(&pin.0, &world());
                 let fd = prog(&dp, hook);
                 for f in &case.before {
@@ -153,7 +123,7 @@ fn snat_port_allocation_survives_collisions() {
     }
     in_test_net(|net| {
         for hook in [Hook::Xdp, Hook::Tc] {
-            let pin = PinDir::new("snat-port");
+            let pin = PinDir::new("lb", "snat-port");
             let mut dp = seeded(&pin.0, &world());
             let client = (CLIENT, CLIENT_PORT);
             let h = flow_hash(&Lb4Tuple::new(client, (VIP_SNAT, 80), PROTO_TCP), HASH_SEED);
@@ -268,7 +238,7 @@ fn conntrack_keeps_the_backend_of_an_established_flow() {
             .find(|p| pick(&old_set, *p) == a && pick(&new_set, *p) != a)
             .unwrap();
         for hook in [Hook::Xdp, Hook::Tc] {
-            let pin = PinDir::new("ct");
+            let pin = PinDir::new("lb", "ct");
             let old: Vec<Backend> = old_set.iter().map(|x| backend(*x)).collect();
             let mut dp = seeded(&pin.0, &with_backends(1, old, LbAlgorithm::Random));
             let syn = FrameSpec::tcp((CLIENT, port), (VIP_SNAT, 80), TCP_SYN).build();
@@ -313,7 +283,7 @@ fn maglev_removal_moves_only_the_removed_backends_flows() {
         let gone = all[2].addr;
         let rest: Vec<Backend> = all.iter().filter(|b| b.addr != gone).copied().collect();
         for hook in [Hook::Xdp, Hook::Tc] {
-            let pin = PinDir::new("maglev");
+            let pin = PinDir::new("lb", "maglev");
             let mut dp = seeded(&pin.0, &with_backends(10, all.clone(), LbAlgorithm::Maglev));
             let fd = prog(&dp, hook);
             let entries = dp.read_entries().unwrap();
@@ -370,7 +340,7 @@ fn session_affinity_keeps_a_client_on_one_backend() {
     }
     in_test_net(|net| {
         for hook in [Hook::Xdp, Hook::Tc] {
-            let pin = PinDir::new("affinity");
+            let pin = PinDir::new("lb", "affinity");
             let dp = seeded(&pin.0, &world());
             let fd = prog(&dp, hook);
             let dsts: Vec<Ipv4Addr> = (0..20)
@@ -408,14 +378,14 @@ fn dsr_backend_side_replies_as_the_vip() {
         return;
     }
     in_test_net(|net| {
-        let lb_pin = PinDir::new("dsr-lb");
+        let lb_pin = PinDir::new("lb", "dsr-lb");
         let lb = seeded(&lb_pin.0, &world());
         let client = (CLIENT, CLIENT_PORT);
         let syn = FrameSpec::tcp(client, (VIP_DSR, 80), TCP_SYN).build();
         let (v, to_backend) = run_frame(prog(&lb, Hook::Xdp), Hook::Xdp, net.lb0, &syn).unwrap();
         assert_eq!(v, Verdict::Tx);
 
-        let be_pin = PinDir::new("dsr-be");
+        let be_pin = PinDir::new("lb", "dsr-be");
         let be = LbDatapath::load(&be_pin.0, &LbMapSizes::small()).unwrap();
         let ing = be.prog_fd(TC_DSR_INGRESS_PROG).unwrap();
         let egr = be.prog_fd(TC_DSR_EGRESS_PROG).unwrap();
@@ -463,7 +433,7 @@ fn pinned_maps_survive_a_reload_with_zero_churn() {
     if !can_load_bpf() {
         return;
     }
-    let pin = PinDir::new("reload");
+    let pin = PinDir::new("lb", "reload");
     let services = world();
     let first = seeded(&pin.0, &services);
     let written = first.read_entries().unwrap();
@@ -504,7 +474,7 @@ fn attaches_with_pinned_links() {
         return;
     }
     in_test_net(|_net| {
-        let pin = PinDir::new("attach");
+        let pin = PinDir::new("lb", "attach");
         for _restart in 0..2 {
             let mut dp = LbDatapath::load(&pin.0, &LbMapSizes::small()).unwrap();
             dp.attach_xdp("lb0", aya::programs::XdpMode::Skb).unwrap();
@@ -553,7 +523,7 @@ fn fib_memo_follows_a_neighbour_change() {
     in_test_net(|net| {
         pin_cpu0();
         for hook in [Hook::Xdp, Hook::Tc] {
-            let pin = PinDir::new("fib-memo");
+            let pin = PinDir::new("lb", "fib-memo");
             let dp = seeded(&pin.0, &world());
             let fd = prog(&dp, hook);
             let f = FrameSpec::tcp((CLIENT, CLIENT_PORT), (VIP_SNAT, 80), TCP_ACK).build();

@@ -1,9 +1,6 @@
 //! BPF masquerading fed real frames through BPF_PROG_TEST_RUN (`tc_masq.o`), with maps seeded the
 //! way the agent seeds them (intent → MasqDesired → diff → pinned maps).
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use cilia_datapath::lb_fixtures::{Hook, run_frame};
 use cilia_datapath::masq::{format_ipmasq_list, format_nat_list};
 use cilia_datapath::masq_bpf::{
@@ -12,37 +9,8 @@ use cilia_datapath::masq_bpf::{
 use cilia_datapath::masq_fixtures::*;
 use cilia_datapath::masq_maps::MasqCounter;
 
-/// Skips (with the reason) where the kernel or privileges cannot load programs.
-fn can_load_bpf() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: loading eBPF programs needs root (CAP_BPF + CAP_NET_ADMIN)");
-        return false;
-    }
-    cilia_datapath::bpf::ensure_bpffs().expect("bpffs");
-    true
-}
-
-/// A pin directory of its own, removed with everything pinned below it.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/cilia/test-masq-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{PinDir, can_load_bpf};
 
 fn seeded(pin: &PinDir) -> MasqDatapath {
     let mut dp = MasqDatapath::open(&pin.0, &MasqMapSizes::small()).unwrap();
@@ -66,7 +34,7 @@ fn table_rows() {
     let mut failures = Vec::new();
     let cases = masq_cases();
     for case in &cases {
-        let pin = PinDir::new(case.name);
+        let pin = PinDir::new("masq", case.name);
         let mut dp = seeded(&pin);
         for (k, v) in &case.nat_before {
             dp.nat_insert(k, v).unwrap();
@@ -100,7 +68,7 @@ fn round_trip_through_both_programs() {
     if !can_load_bpf() {
         return;
     }
-    let pin = PinDir::new("roundtrip");
+    let pin = PinDir::new("masq", "roundtrip");
     let dp = seeded(&pin);
     let eg = dp.prog_fd(EGRESS_PROG).unwrap();
     let ing = dp.prog_fd(INGRESS_PROG).unwrap();
@@ -129,7 +97,7 @@ fn restart_is_zero_churn_and_dbg_reads_pins() {
     if !can_load_bpf() {
         return;
     }
-    let pin = PinDir::new("churn");
+    let pin = PinDir::new("masq", "churn");
     {
         let dp = seeded(&pin);
         let (_, _) = run_frame(

@@ -3,7 +3,6 @@
 //! (the pod's ingress or egress) and the verdict, and every drop or audit must show up as an event.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use cilia_datapath::policy::{
     Direction, EventReader, EventVerdict, ID_ANY, ID_KUBE_APISERVER, PROG_FROM_CONTAINER,
@@ -24,20 +23,8 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const ID_EMPIRE: u32 = 300;
 const ID_ALLIANCE: u32 = 301;
 
-fn can_load_bpf() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: loading eBPF programs needs root (CAP_BPF + CAP_NET_ADMIN)");
-        return false;
-    }
-    true
-}
-
-struct PinDir(PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{PinDir, can_load_bpf};
 
 /// A 64-byte Ethernet/IPv4 frame with a TCP (6), UDP (17) or ICMP echo (1) header.
 fn frame(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
@@ -222,10 +209,7 @@ fn cases() -> Vec<Case> {
 
 fn run_table(audit: bool) {
     cilia_datapath::bpf::ensure_bpffs().unwrap();
-    let dir = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/cilia/test-policy-{}-{audit}",
-        std::process::id()
-    )));
+    let dir = PinDir::new("policy", "prog");
     let mut dp = PolicyDatapath::load(&dir.0).unwrap();
     let m = maps(audit);
     assert!(dp.apply(&m).unwrap() > 0);

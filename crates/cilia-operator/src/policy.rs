@@ -73,96 +73,72 @@ fn convert_rule(policy: &str, path: &str, r: &Rule) -> Result<PolicyRule, Vec<St
         default_deny_egress: r.enable_default_deny.as_ref().and_then(|d| d.egress),
     };
     for (i, x) in r.ingress.iter().flatten().enumerate() {
-        let p = format!("{path}.ingress[{i}]");
-        if x.icmps.is_some() {
-            problems.push(format!(
-                "{p}.icmps: ICMP type rules are not enforced by cilia"
-            ));
-        }
-        let ports = ports(
-            &p,
-            x.to_ports.iter().flatten().map(|t| &t.ports),
+        let peers = Peers {
+            endpoints: &x.from_endpoints,
+            entities: &x.from_entities,
+            cidrs: &x.from_cidr,
+            cidr_sets: &x.from_cidr_set,
+            dir: "from",
+        };
+        let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
+        out.ingress.push(peer_rule(
+            &format!("{path}.ingress[{i}]"),
+            x.icmps.is_some(),
+            ports,
+            peers,
             &mut problems,
-        );
-        let peers = peers(
-            &p,
-            &x.from_endpoints,
-            &x.from_entities,
-            &x.from_cidr,
-            &x.from_cidr_set,
-            "from",
-            &mut problems,
-        );
-        out.ingress.push(PeerRule { peers, ports });
+        ));
     }
     for (i, x) in r.ingress_deny.iter().flatten().enumerate() {
-        let p = format!("{path}.ingressDeny[{i}]");
-        if x.icmps.is_some() {
-            problems.push(format!(
-                "{p}.icmps: ICMP type rules are not enforced by cilia"
-            ));
-        }
-        let ports = ports(
-            &p,
-            x.to_ports.iter().flatten().map(|t| &t.ports),
+        let peers = Peers {
+            endpoints: &x.from_endpoints,
+            entities: &x.from_entities,
+            cidrs: &x.from_cidr,
+            cidr_sets: &x.from_cidr_set,
+            dir: "from",
+        };
+        let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
+        out.ingress_deny.push(peer_rule(
+            &format!("{path}.ingressDeny[{i}]"),
+            x.icmps.is_some(),
+            ports,
+            peers,
             &mut problems,
-        );
-        let peers = peers(
-            &p,
-            &x.from_endpoints,
-            &x.from_entities,
-            &x.from_cidr,
-            &x.from_cidr_set,
-            "from",
-            &mut problems,
-        );
-        out.ingress_deny.push(PeerRule { peers, ports });
+        ));
     }
     for (i, x) in r.egress.iter().flatten().enumerate() {
-        let p = format!("{path}.egress[{i}]");
-        if x.icmps.is_some() {
-            problems.push(format!(
-                "{p}.icmps: ICMP type rules are not enforced by cilia"
-            ));
-        }
-        let ports = ports(
-            &p,
-            x.to_ports.iter().flatten().map(|t| &t.ports),
+        let peers = Peers {
+            endpoints: &x.to_endpoints,
+            entities: &x.to_entities,
+            cidrs: &x.to_cidr,
+            cidr_sets: &x.to_cidr_set,
+            dir: "to",
+        };
+        let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
+        out.egress.push(peer_rule(
+            &format!("{path}.egress[{i}]"),
+            x.icmps.is_some(),
+            ports,
+            peers,
             &mut problems,
-        );
-        let peers = peers(
-            &p,
-            &x.to_endpoints,
-            &x.to_entities,
-            &x.to_cidr,
-            &x.to_cidr_set,
-            "to",
-            &mut problems,
-        );
-        out.egress.push(PeerRule { peers, ports });
+        ));
     }
     for (i, x) in r.egress_deny.iter().flatten().enumerate() {
-        let p = format!("{path}.egressDeny[{i}]");
-        if x.icmps.is_some() {
-            problems.push(format!(
-                "{p}.icmps: ICMP type rules are not enforced by cilia"
-            ));
-        }
-        let ports = ports(
-            &p,
-            x.to_ports.iter().flatten().map(|t| &t.ports),
+        let peers = Peers {
+            endpoints: &x.to_endpoints,
+            entities: &x.to_entities,
+            cidrs: &x.to_cidr,
+            cidr_sets: &x.to_cidr_set,
+            dir: "to",
+        };
+        let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
+        out.egress_deny.push(peer_rule(
+            &format!("{path}.egressDeny[{i}]"),
+            x.icmps.is_some(),
+            ports,
+            peers,
             &mut problems,
-        );
-        let peers = peers(
-            &p,
-            &x.to_endpoints,
-            &x.to_entities,
-            &x.to_cidr,
-            &x.to_cidr_set,
-            "to",
-            &mut problems,
-        );
-        out.egress_deny.push(PeerRule { peers, ports });
+        ));
     }
     if problems.is_empty() {
         Ok(out)
@@ -171,15 +147,41 @@ fn convert_rule(policy: &str, path: &str, r: &Rule) -> Result<PolicyRule, Vec<St
     }
 }
 
-fn peers(
+/// The peer fields of one rule entry (`from*` for ingress, `to*` for egress).
+struct Peers<'a> {
+    endpoints: &'a Option<Vec<cilia_api::selector::LabelSelector>>,
+    entities: &'a Option<Vec<ApiEntity>>,
+    cidrs: &'a Option<Vec<String>>,
+    cidr_sets: &'a Option<Vec<cilia_api::policy::CidrRule>>,
+    dir: &'static str,
+}
+
+/// One ingress/egress (deny) entry; `icmps` refuses the entry (not enforced).
+fn peer_rule<'a>(
     path: &str,
-    endpoints: &Option<Vec<cilia_api::selector::LabelSelector>>,
-    entities: &Option<Vec<ApiEntity>>,
-    cidrs: &Option<Vec<String>>,
-    cidr_sets: &Option<Vec<cilia_api::policy::CidrRule>>,
-    dir: &str,
+    icmps: bool,
+    ports_lists: impl Iterator<Item = &'a Option<Vec<PortProtocol>>>,
+    peers: Peers<'_>,
     problems: &mut Vec<String>,
-) -> Option<Vec<Peer>> {
+) -> PeerRule {
+    if icmps {
+        problems.push(format!(
+            "{path}.icmps: ICMP type rules are not enforced by cilia"
+        ));
+    }
+    let ports = ports(path, ports_lists, problems);
+    let peers = convert_peers(path, peers, problems);
+    PeerRule { peers, ports }
+}
+
+fn convert_peers(path: &str, p: Peers<'_>, problems: &mut Vec<String>) -> Option<Vec<Peer>> {
+    let Peers {
+        endpoints,
+        entities,
+        cidrs,
+        cidr_sets,
+        dir,
+    } = p;
     if endpoints.is_none() && entities.is_none() && cidrs.is_none() && cidr_sets.is_none() {
         return None;
     }
