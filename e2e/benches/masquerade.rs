@@ -9,8 +9,13 @@
 //! `cil_masq_bench_empty`, and every cost is reported minus that floor. Counters confirm every timed
 //! run took the SNAT path of an existing flow.
 //!
-//! Not measured here: `toggle_p50_ms`, `toggle_p99_ms`, `toggle_failed_connections` (switching
-//! bpf.masquerade live needs the agent's toggle path in the lab, which does not exist yet).
+//! Toggles (in the lab): `toggle_p50_ms` / `toggle_p99_ms` over 20 live switches of
+//! `enable-bpf-masquerade` in `cilium-config` (BPF ↔ iptables), each timed from the start of the
+//! kubectl write to the node running the new mode (status line and `CILIUM_POST_nat` as expected),
+//! against the kubectl write alone; `toggle_failed_connections`: failed or unmasqueraded round trips
+//! of a pod → outside client loop running through all 20 switches (1.2 s apart: a switch holds new
+//! flows back for its duration, and TCP retries a held-back SYN after 1 s). Uses the workspace's built
+//! binaries (`make build`); without them the toggle measures are reported as not measured.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -55,6 +60,19 @@ fn main() {
         Ok(()) => {}
         Err(e) => panic!("masquerade benchmark: {e}"),
     }
+    unpin_cpu();
+    match toggle::bin_dir() {
+        Some(dir) => {
+            // SAFETY: set before the lab starts any thread that reads the environment.
+            unsafe { std::env::set_var("CILIA_BIN_DIR", &dir) };
+            if let Err(e) = toggle::bench(&mut report, &dir) {
+                panic!("masquerade toggle benchmark: {e}");
+            }
+        }
+        None => report.note(
+            "not measured: toggle_p50_ms, toggle_p99_ms, toggle_failed_connections (the lab binaries are not built: run `make build` first)",
+        ),
+    }
     report.finish("masquerade").expect("writing the report");
 }
 
@@ -66,6 +84,19 @@ fn pin_to_cpu() {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Back on every CPU: the lab's processes (API server, operator, agents) inherit this mask.
+fn unpin_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t with the bits of every CPU set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
@@ -285,8 +316,184 @@ fn bench(report: &mut Report) -> Result<(), Err> {
     report.note(format!(
         "snat_100k_entries_ns: the same SNAT path with {live_big} live NAT entries vs {live_small} (baseline snat_ns): hash lookup cost at scale"
     ));
-    report.note(
-        "not measured: toggle_p50_ms, toggle_p99_ms, toggle_failed_connections (need the live bpf.masquerade toggle in the lab, not built yet)",
-    );
     Ok(())
+}
+
+/// Live `enable-bpf-masquerade` switches in the lab, with a client loop running.
+mod toggle {
+    use std::net::{SocketAddr, SocketAddrV4};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use cilia_e2e::bench::{Measure, Report, median, percentile};
+    use cilia_e2e::lab::{CLIENT_IP, LAB_NAMESPACE, Lab, default_nodes, repo_root, wait_until};
+    use cilia_e2e::traffic::{EchoServer, tcp_echo};
+
+    use super::Err;
+
+    const TOGGLES: usize = 20;
+    /// Between switches: longer than TCP's first SYN retransmission (1 s), so a connection the
+    /// switch fence held back is not held back again by the next switch.
+    const PAUSE: Duration = Duration::from_millis(1200);
+    const NODE: &str = "worker";
+    const PORT: u16 = 8080;
+
+    /// Where the built lab binaries are: release first, then debug (`make build`).
+    pub fn bin_dir() -> Option<PathBuf> {
+        ["release", "debug"]
+            .iter()
+            .map(|p| repo_root().join("target").join(p))
+            .find(|d| {
+                [
+                    "cilia-agent",
+                    "cilia-cni",
+                    "cilia-dbg",
+                    "cilia-operator",
+                    "cilia-apiserver",
+                ]
+                .iter()
+                .all(|b| d.join(b).exists())
+            })
+    }
+
+    fn set_mode(lab: &Lab, bpf: bool) -> Result<(), Err> {
+        lab.apply_cilium_config(&[
+            ("enable-ipv4-masquerade", "true"),
+            ("enable-bpf-masquerade", if bpf { "true" } else { "false" }),
+            ("enable-ip-masq-agent", "true"),
+            ("enable-node-port", "true"),
+        ])?;
+        Ok(())
+    }
+
+    /// Whether the node runs the mode: its status line and the iptables chain.
+    fn runs(lab: &Lab, bpf: bool) -> bool {
+        let m = lab
+            .dbg(NODE, &["status", "-o", "json"])
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["masquerading"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let chain = lab
+            .node(NODE)
+            .ns
+            .exec(&["iptables", "-t", "nat", "-S", "CILIUM_POST_nat"]);
+        if bpf {
+            m.starts_with("BPF") && chain.is_err()
+        } else {
+            m.starts_with("IPTables") && chain.is_ok_and(|c| c.contains("-j MASQUERADE"))
+        }
+    }
+
+    pub fn bench(report: &mut Report, bins: &Path) -> Result<(), Err> {
+        let lab = Lab::up_kube(default_nodes())?;
+        let node_ip = lab.node(NODE).spec.ip;
+        let cm = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": "ip-masq-agent", "namespace": LAB_NAMESPACE },
+            "data": { "config": "nonMasqueradeCIDRs:\n- 172.18.0.101/32\n" },
+        });
+        lab.kubectl_with_input(&["apply", "-f", "-"], &cm.to_string())?;
+        set_mode(&lab, true)?;
+        let dst = SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, PORT));
+        let _server = EchoServer::start(&lab.client.path(), dst)?;
+        let mut lab = lab;
+        let pod = lab.add_pod(NODE, "masq-toggle")?;
+        wait_until(Duration::from_secs(15), || runs(&lab, true))
+            .map_err(|_| format!("BPF masquerading not on: {}", lab.agent_log(NODE)))?;
+        let pid = lab.agent_pid(NODE);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let t_start = Instant::now();
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let client = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let errors = errors.clone();
+            let ns = pod.ns_path();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = t_start.elapsed().as_secs_f64();
+                    match tcp_echo(&ns, dst, b"toggle") {
+                        Ok(e) if e.seen_as.ip() == node_ip && e.payload == b"toggle" => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("at {t:.2}s: seen as {}", e.seen_as));
+                        }
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(format!("at {t:.2}s: {e:#}"));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let (mut toggles, mut writes) = (Vec::new(), Vec::new());
+        let mut result: Result<(), Err> = Ok(());
+        for i in 0..TOGGLES {
+            let bpf = i % 2 == 1;
+            let t0 = Instant::now();
+            if let Err(e) = set_mode(&lab, bpf) {
+                result = Err(e);
+                break;
+            }
+            writes.push(t0.elapsed().as_secs_f64() * 1e3);
+            if wait_until(Duration::from_secs(10), || runs(&lab, bpf)).is_err() {
+                result = Err(format!("toggle {i} (to BPF: {bpf}) did not happen").into());
+                break;
+            }
+            toggles.push(t0.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "  toggle {i} at {:.2}s: to {} in {:.0} ms",
+                t0.duration_since(t_start).as_secs_f64(),
+                if bpf { "BPF" } else { "iptables" },
+                toggles[i]
+            );
+            std::thread::sleep(PAUSE);
+        }
+        stop.store(true, Ordering::Relaxed);
+        client.join().map_err(|_| "client loop panicked")?;
+        result?;
+        if lab.agent_pid(NODE) != pid || !lab.agent_alive(NODE) {
+            return Err("the agent restarted during the toggles".into());
+        }
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        let errors = errors.lock().unwrap().clone();
+        report.push(Measure::new(
+            "toggle_p50_ms",
+            median(&toggles),
+            "ms",
+            median(&writes),
+        ));
+        report.push(Measure::new(
+            "toggle_p99_ms",
+            percentile(&toggles, 99.0),
+            "ms",
+            percentile(&writes, 99.0),
+        ));
+        report.push(Measure::new(
+            "toggle_failed_connections",
+            failed as f64,
+            "connections",
+            0.0,
+        ));
+        report.note(format!(
+            "toggle_*_ms: {TOGGLES} live switches of enable-bpf-masquerade in cilium-config (BPF <-> iptables, same agent pid), from the start of the kubectl write to the node's status line and CILIUM_POST_nat showing the new mode (polled every 50 ms); baseline = the kubectl write alone; binaries from {}",
+            bins.display()
+        ));
+        report.note(format!(
+            "toggle_failed_connections: pod -> {dst} round trips (new TCP connection each, every 10 ms) that failed or were seen from another address than the node's, over all {TOGGLES} switches ({} ms apart); {ok} succeeded; baseline 0; failures: {errors:?}",
+            PAUSE.as_millis()
+        ));
+        Ok(())
+    }
 }
