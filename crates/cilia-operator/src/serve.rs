@@ -149,6 +149,11 @@ async fn start_source(
                     leader_tx.closed().await;
                 }));
             }
+            tasks.push(tokio::spawn(crate::k8s::policy_status::run(
+                client.clone(),
+                leader_rx.clone(),
+                drain.clone(),
+            )));
             let (opt_tx, mut opt_rx) = watch::channel(None);
             tasks.push(tokio::spawn(source::run(
                 client,

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod convert;
 pub mod lease;
+pub mod policy_status;
 pub mod source;
 pub mod status;
 
