@@ -12,6 +12,14 @@ int cil_lb_ingress(struct __sk_buff *skb)
 	return lb4_ingress(skb);
 }
 
+/* A pod's host-side device, ingress (what the pod sends): its flows to frontends translated with
+ * DNAT only (the backend sees the pod), replies of local backends restored to the frontend. */
+SEC("classifier")
+int cil_lb_pod_ingress(struct __sk_buff *skb)
+{
+	return lb4_ingress_at(skb, 1);
+}
+
 /* Node device ingress on a backend's node: remember DSR options (never changes the packet). */
 SEC("classifier")
 int cil_lb_dsr_ingress(struct __sk_buff *skb)

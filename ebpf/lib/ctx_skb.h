@@ -117,4 +117,12 @@ static __always_inline int ctx_tx(lb_ctx *ctx)
 	return bpf_redirect(ctx->ifindex, 0);
 }
 
+/* Sends the frame out of another device, the kernel filling in the MACs (resolving the neighbour
+ * when needed): a translated packet whose next hop is a pod's veth or another uplink. */
+#define CTX_HAS_REDIRECT 1
+static __always_inline int ctx_redirect_neigh(lb_ctx *ctx, __u32 ifindex)
+{
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+}
+
 #endif /* CILIA_CTX_H */

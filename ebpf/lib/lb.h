@@ -262,11 +262,19 @@ static __always_inline int lb4_tx(lb_ctx *ctx, const __u8 *dmac, const __u8 *sma
 	return ctx_tx(ctx);
 }
 
-/* Sends a translated packet on: straight back out of its device when the FIB says the next hop is
- * there (neighbour known), otherwise to the stack, which resolves neighbours, routes to other devices
- * (XDP could only redirect to devices that run XDP themselves), fragments and runs netfilter.
- * Answers that name a device are memoised per CPU for LB_FIB_MEMO_TTL_NS; missing routes or
- * neighbours are not, so the stack's resolution is picked up at once. */
+/* Sends a translated packet on:
+ *  - straight back out of its device when the FIB says the next hop is there (neighbour known);
+ *  - TC: out of the FIB's device when that is another one (a backend pod behind its veth, a client
+ *    behind another uplink), via bpf_redirect_neigh (the kernel resolves the neighbour). Handing
+ *    such a packet to the stack does not work: with the node's address as source (SNAT) it is a
+ *    martian on the device it came in on, and a local backend's reply would miss the reverse NAT;
+ *  - TC: the same with no neighbour yet, on any device (bpf_redirect_neigh resolves it);
+ *  - XDP never gets here with another device or no neighbour: lb4_xdp_defer() passed the packet
+ *    untranslated first (TC, on the same device and sharing the conntrack map, translates and
+ *    redirects it);
+ *  - otherwise (no route, too big) to the stack, which fragments and runs netfilter.
+ * Same-device answers are memoised per CPU for LB_FIB_MEMO_TTL_NS; other-device answers only as
+ * "not here" (TC looks them up again); missing routes or neighbours are not memoised. */
 static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p, __u64 now)
 {
 	struct bpf_fib_lookup fib = {};
@@ -279,11 +287,12 @@ static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p, __u64 now
 	if (m && m->daddr == p->daddr && m->ifindex == ifindex && len <= m->ok_len &&
 	    now < m->expires_ns) {
 		lb_count(LB_C_FIB_MEMO_HIT);
-		if (!m->tx) {
-			lb_count(LB_C_XMIT_STACK);
-			return CTX_PASS;
-		}
-		return lb4_tx(ctx, m->dmac, m->smac);
+		if (m->tx)
+			return lb4_tx(ctx, m->dmac, m->smac);
+#ifndef CTX_HAS_REDIRECT
+		lb_count(LB_C_XMIT_STACK);
+		return CTX_PASS;
+#endif
 	}
 	fib.family = 2; /* AF_INET */
 	fib.l4_protocol = p->proto;
@@ -292,6 +301,15 @@ static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p, __u64 now
 	fib.ipv4_dst = p->daddr;
 	fib.ifindex = ifindex;
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+#ifdef CTX_HAS_REDIRECT
+	/* Another device, or no neighbour yet (on any device): the kernel resolves it. The stack
+	 * would drop an SNATed packet (the node's own address as source, a martian). */
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH ||
+	    (rc == BPF_FIB_LKUP_RET_SUCCESS && fib.ifindex != ifindex)) {
+		lb_count(LB_C_XMIT_REDIRECT);
+		return ctx_redirect_neigh(ctx, fib.ifindex);
+	}
+#endif
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		lb_count(LB_C_XMIT_STACK);
 		return CTX_PASS;
@@ -310,6 +328,44 @@ static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p, __u64 now
 		return CTX_PASS;
 	}
 	return lb4_tx(ctx, fib.dmac, fib.smac);
+}
+
+/* XDP only, before a translation: whether the translated packet (saddr -> daddr) would leave by
+ * another device than the one it came in on, or has no resolved neighbour yet. XDP cannot send it there (a veth peer runs no XDP
+ * program) nor hand a translated packet to the stack (martian source, see lb4_xmit), so such a
+ * packet is passed untouched: TC on the same device finds the conntrack entry just written (same
+ * backend, same SNAT port) and translates and redirects it. Intentional XDP/TC divergence: XDP
+ * answers XDP_PASS with the packet unchanged where TC answers TC_ACT_REDIRECT. */
+static __always_inline int lb4_xdp_defer(lb_ctx *ctx, const struct pkt4 *p, __be32 saddr,
+					  __be32 daddr, __u64 now)
+{
+#ifdef CTX_HAS_REDIRECT
+	return 0;
+#else
+	struct bpf_fib_lookup fib = {};
+	__u32 ifindex = ctx_ifindex(ctx);
+	__u16 len = bpf_ntohs(p->tot_len);
+	__u32 slot = lb_mix32(daddr ^ ifindex) & (CILIA_LB_FIB_MEMO_SLOTS - 1);
+	struct lb_fib_memo *m = bpf_map_lookup_elem(&cilia_lb_fib_memo, &slot);
+	long rc;
+
+	if (m && m->daddr == daddr && m->ifindex == ifindex && len <= m->ok_len &&
+	    now < m->expires_ns)
+		return !m->tx;
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = p->proto;
+	fib.tot_len = len;
+	fib.ipv4_src = saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = ifindex;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH ||
+	    (rc == BPF_FIB_LKUP_RET_SUCCESS && fib.ifindex != ifindex)) {
+		lb_count(LB_C_XDP_TO_TC);
+		return 1;
+	}
+	return 0;
+#endif
 }
 
 /* Non-first fragments carry no ports: remember the first fragment's, by datagram. */
@@ -385,8 +441,13 @@ static __always_inline void lb4_affinity_put(const struct pkt4 *p, const struct 
 
 /* How a flow reaches its backend. */
 static __always_inline __u8 lb4_fwd_mode(const struct lb4_service *svc, const struct lb4_backend *be,
-					 const struct pkt4 *p)
+					 const struct pkt4 *p, int from_pod)
 {
+	/* From a pod (the program on its host-side device): DNAT only, the backend sees the pod, as
+	 * with Cilium's ClusterIP. The reply is restored where it enters: the node device for a remote
+	 * backend, the backend's device for a local one (lb4_rev_dnat). */
+	if (from_pod)
+		return LB_FWD_LOCAL;
 	/* On this node: DNAT is enough, the reply passes our egress hook on its way out. */
 	if (be->flags & LB_BE_F_LOCAL)
 		return LB_FWD_LOCAL;
@@ -521,7 +582,8 @@ static __always_inline void lb4_ct_release(const struct lb4_ct_entry *e, const s
 
 /* A packet for a known frontend: find (or keep) its backend and translate it. */
 static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const struct lb4_key *key,
-					     const struct lb4_service *svc, const struct lb_config *cfg)
+					     const struct lb4_service *svc, const struct lb_config *cfg,
+					     int from_pod)
 {
 	struct lb4_tuple t;
 	struct lb4_ct_entry entry = {};
@@ -591,7 +653,7 @@ new_flow:
 	be = *bp;
 	entry.backend_id = id;
 	entry.rev_nat_index = svc->rev_nat_index;
-	entry.fwd = lb4_fwd_mode(svc, &be, p);
+	entry.fwd = lb4_fwd_mode(svc, &be, p, from_pod);
 	if (entry.fwd == LB_FWD_DSR && p->ihl + LB_DSR_OPT_LEN / 4 > IPV4_IHL_MAX) {
 		/* No room for the option: the backend could not answer as the VIP, so SNAT it. */
 		lb_count(LB_C_DSR_NO_ROOM);
@@ -608,6 +670,9 @@ new_flow:
 		lb4_affinity_put(p, svc, id);
 
 xlate:
+	if (lb4_xdp_defer(ctx, p, entry.fwd == LB_FWD_SNAT ? entry.nat_addr : p->saddr, be.address,
+			  now))
+		return CTX_PASS;
 	if (entry.fwd == LB_FWD_SNAT) {
 		if (lb4_rewrite(ctx, p, entry.nat_addr, entry.nat_port, be.address, be.port))
 			return CTX_DROP;
@@ -649,6 +714,8 @@ static __always_inline int lb4_rev_snat(lb_ctx *ctx, struct pkt4 *p, const struc
 		return CTX_PASS;
 	}
 	fe = *rn;
+	if (lb4_xdp_defer(ctx, p, fe.address, n.client_addr, bpf_ktime_get_coarse_ns()))
+		return CTX_PASS;
 	if (lb4_rewrite(ctx, p, fe.address, fe.port, n.client_addr, n.client_port))
 		return CTX_DROP;
 	lb_count(LB_C_REV_SNAT);
@@ -746,7 +813,37 @@ static __always_inline int lb4_icmp(lb_ctx *ctx, struct pkt4 *p, const struct lb
 }
 
 /* Entry of the load balancer on a node device's ingress (XDP or TC). */
-static __always_inline int lb4_ingress(lb_ctx *ctx)
+/* A reply of a DNAT-only flow (a local backend's, or any backend's of a pod's flow): the backend's
+ * source becomes the frontend again, as cilia_lb4_dsr recorded it, and the packet goes on towards
+ * the client (redirected to the client pod's device when it is one). Returns LB_NOT_A_REPLY (no
+ * verdict of either hook) when the packet is not such a reply. */
+#define LB_NOT_A_REPLY (-1000)
+static __always_inline int lb4_rev_dnat(lb_ctx *ctx, struct pkt4 *p)
+{
+	struct lb4_dsr_entry *e;
+	struct lb4_dsr_entry rev;
+	struct lb4_tuple t;
+	__u64 now;
+
+	if (!p->has_l4)
+		return LB_NOT_A_REPLY;
+	lb4_tuple_of(p, &t);
+	e = bpf_map_lookup_elem(&cilia_lb4_dsr, &t);
+	if (!e)
+		return LB_NOT_A_REPLY;
+	rev = *e;
+	now = bpf_ktime_get_coarse_ns();
+	if (lb4_xdp_defer(ctx, p, rev.vip, p->daddr, now))
+		return CTX_PASS;
+	/* A failed rewrite would leak the backend's address to the client: drop instead. */
+	if (lb4_set_addr(ctx, p, LB_SRC, rev.vip) || lb4_set_port(ctx, p, LB_SRC, rev.vport))
+		return CTX_DROP;
+	lb_count(LB_C_DSR_REVERSED);
+	return lb4_xmit(ctx, p, now);
+}
+
+/* from_pod: the program runs on a pod's host-side device (see lb4_fwd_mode). */
+static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 {
 	const struct lb_config *cfg = lb_config_get();
 	struct lb4_service *sp;
@@ -795,13 +892,21 @@ static __always_inline int lb4_ingress(lb_ctx *ctx)
 
 	sp = bpf_map_lookup_elem(&cilia_lb4_services, &key);
 	if (!sp) {
+		rc = lb4_rev_dnat(ctx, &p);
+		if (rc != LB_NOT_A_REPLY)
+			return rc;
 		lb_count(LB_C_MISS);
 		return CTX_PASS;
 	}
 	svc = *sp;
 	if (p.frag == PKT_FRAG_FIRST)
 		lb4_frag_remember(&p);
-	return lb4_service_xlate(ctx, &p, &key, &svc, cfg);
+	return lb4_service_xlate(ctx, &p, &key, &svc, cfg, from_pod);
+}
+
+static __always_inline int lb4_ingress(lb_ctx *ctx)
+{
+	return lb4_ingress_at(ctx, 0);
 }
 
 #endif /* CILIA_LB_H */

@@ -213,7 +213,7 @@ struct lb_fib_memo {
 	__u32 ifindex;
 	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() clock */
 	__u16 ok_len;		/* largest L3 length the FIB's MTU check passed */
-	__u8 tx;		/* 1: out of the ingress device with these MACs; 0: another device (stack) */
+	__u8 tx;		/* 1: out of the ingress device with these MACs; 0: another device (TC looks up again) */
 	__u8 pad;
 	__u8 dmac[6];
 	__u8 smac[6];
@@ -246,6 +246,8 @@ enum lb_counter {
 	LB_C_STALE_SLOT,	/* a slot names a backend that is not in the backends map: dropped */
 	LB_C_FIB_MEMO_HIT,	/* next hop taken from the per-CPU FIB memo */
 	LB_C_CT_EXPIRED,	/* a conntrack entry past its lifetime: the flow starts over */
+	LB_C_XMIT_REDIRECT,	/* TC: next hop on another device (a pod's veth, another uplink): redirected */
+	LB_C_XDP_TO_TC,		/* XDP: next hop on another device: passed untranslated, TC translates it */
 	LB_C_MAX
 };
 

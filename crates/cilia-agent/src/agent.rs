@@ -85,6 +85,8 @@ impl Agent {
         s.native_routing_cidr = intent.native_routing_cidr;
         s.routes = intent.routes.iter().copied().collect();
         // Services last: a refused service intent leaves the maps as they are, routes applied.
+        // The pod devices with endpoint programs get the TC load balancer too.
+        self.lb.set_pod_devices_lazy(self.endpoints.attached());
         let writes = self.lb.apply(intent)?;
         self.status.datapath_writes += writes;
         self.status.lb = self.lb.status.clone();
@@ -139,6 +141,9 @@ impl Agent {
                 Err(e) => warn!(iface = %name, error = %e, "attaching endpoint programs failed"),
             }
         }
+        // The load balancer follows the endpoint devices (pod -> ClusterIP at the pod's edge).
+        let writes = self.lb.set_pod_devices(self.endpoints.attached())?;
+        self.status.datapath_writes += writes;
         if !diff.detach.is_empty() {
             let live: BTreeSet<u32> = links.iter().map(|(_, i)| *i).collect();
             self.endpoints.forget_stats(&live)?;

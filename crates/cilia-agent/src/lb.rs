@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use cilia_datapath::bpf::BpfError;
 use cilia_datapath::lb::{assign_backend_ids, desired_entries, lb_diff};
 use cilia_datapath::lb_bpf::{
-    LbDatapath, LbLink, LbLinkKind, LbMapSizes, NODE_TC_PROGS, XdpAttach, pinned_node_links,
-    read_lb_entries,
+    LbDatapath, LbLink, LbLinkKind, LbMapSizes, NODE_TC_PROGS, TC_LB_POD_INGRESS_PROG, XdpAttach,
+    pinned_node_links, read_lb_entries,
 };
 use cilia_datapath::lb_intent::{
     LbIntentError, ServiceRow, maglev_params, node_services, pinned_backend_ids, pinned_service_ids,
@@ -88,6 +88,10 @@ pub struct LbAgent {
     held: Option<cilia_datapath::lb::LbEntries>,
     pub rows: Vec<ServiceRow>,
     pub status: LbStatus,
+    /// Pods' host-side devices (name, ifindex): `cil_lb_pod_ingress` runs on their ingress, so a
+    /// pod's traffic to a frontend is translated at its edge (DNAT only) and a local backend's
+    /// replies get their reverse translation (see [`Self::set_pod_devices`]).
+    pod_devices: BTreeSet<(String, u32)>,
 }
 
 /// A device as the load balancer needs it: ifindex, IPv4 addresses, MAC.
@@ -161,7 +165,75 @@ impl LbAgent {
             held: None,
             rows: Vec::new(),
             status: LbStatus::default(),
+            pod_devices: BTreeSet::new(),
         }
+    }
+
+    /// Remembers the pod devices for the next [`Self::apply`] (which attaches and removes their
+    /// links with the node devices').
+    pub fn set_pod_devices_lazy(&mut self, devices: BTreeSet<(String, u32)>) {
+        self.pod_devices = devices;
+    }
+
+    /// The load-balancer links wanted on pod devices.
+    fn pod_links(&self) -> BTreeSet<LbLink> {
+        self.pod_devices
+            .iter()
+            .map(|(iface, ifindex)| LbLink {
+                iface: iface.clone(),
+                ifindex: *ifindex,
+                what: LbLinkKind::Tc(TC_LB_POD_INGRESS_PROG),
+            })
+            .collect()
+    }
+
+    /// Makes `cil_lb_pod_ingress` run on exactly these pod devices (name, ifindex) while the load
+    /// balancer is on: links of vanished pods go, new pods get one (pinned, taken over by a
+    /// restarted agent without a write). Returns the number of kernel writes. With the load
+    /// balancer off the set is only remembered, for the next [`Self::apply`].
+    pub fn set_pod_devices(
+        &mut self,
+        devices: BTreeSet<(String, u32)>,
+    ) -> Result<u64, LbApplyError> {
+        self.pod_devices = devices;
+        if !self.status.enabled {
+            return Ok(0);
+        }
+        let node: BTreeSet<(String, u32)> = self
+            .status
+            .devices
+            .iter()
+            .map(|d| (d.name.replace('.', "-"), d.ifindex))
+            .collect();
+        let wanted = self.pod_links();
+        let Some(dp) = self.dp.as_mut() else {
+            return Ok(0);
+        };
+        let mut writes = 0u64;
+        for l in pinned_node_links(&self.pin_dir).iter().filter(|l| {
+            !node.contains(&(l.iface.clone(), l.ifindex))
+                && !wanted
+                    .iter()
+                    .any(|w| w.iface.replace('.', "-") == l.iface && w.ifindex == l.ifindex)
+        }) {
+            dp.remove_link(l)?;
+            writes += 1;
+            info!(iface = %l.iface, "load-balancer link of a pod device removed");
+        }
+        for l in &wanted {
+            match dp.ensure_link(&l.iface, l.ifindex, l.what) {
+                Ok(true) => {
+                    writes += 1;
+                    info!(iface = %l.iface, "load-balancer link attached to a pod device");
+                }
+                Ok(false) => {}
+                // The device may vanish between listing and attaching; the next pass settles it.
+                Err(e) => {
+                    warn!(iface = %l.iface, error = %e, "attaching the load balancer to a pod device failed")
+                }
+            }
+        }
+        Ok(writes)
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -302,11 +374,14 @@ impl LbAgent {
             }
             xdp_of.insert(name.clone(), x);
         }
+        // Pod devices: the TC load balancer on their ingress (pod -> ClusterIP, local backends'
+        // replies). Never XDP: a veth's native XDP has the partial-checksum issue.
+        let pod_links = self.pod_links();
         let dp = self.dp.as_mut().expect("loaded above");
         let pinned = pinned_node_links(&self.pin_dir);
         for l in pinned.iter().filter(|l| {
             // Pins carry pin-safe names: compare on those.
-            !wanted.iter().any(|w| {
+            !wanted.iter().chain(&pod_links).any(|w| {
                 w.iface.replace('.', "-") == l.iface && w.ifindex == l.ifindex && w.what == l.what
             })
         }) {
@@ -330,6 +405,18 @@ impl LbAgent {
                     xdp_of.insert(l.iface.clone(), None);
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+        for l in &pod_links {
+            match dp.ensure_link(&l.iface, l.ifindex, l.what) {
+                Ok(true) => {
+                    writes += 1;
+                    info!(iface = %l.iface, "load-balancer link attached to a pod device");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(iface = %l.iface, error = %e, "attaching the load balancer to a pod device failed")
+                }
             }
         }
 

@@ -33,7 +33,14 @@ pub const XDP_LB_PROG: &str = "cil_xdp_lb";
 pub const TC_LB_INGRESS_PROG: &str = "cil_lb_ingress";
 pub const TC_DSR_INGRESS_PROG: &str = "cil_lb_dsr_ingress";
 pub const TC_DSR_EGRESS_PROG: &str = "cil_lb_dsr_egress";
-const TC_PROGS: [&str; 3] = [TC_LB_INGRESS_PROG, TC_DSR_INGRESS_PROG, TC_DSR_EGRESS_PROG];
+/// The load balancer on a pod's host-side device (ingress): DNAT only, replies restored.
+pub const TC_LB_POD_INGRESS_PROG: &str = "cil_lb_pod_ingress";
+const TC_PROGS: [&str; 4] = [
+    TC_LB_INGRESS_PROG,
+    TC_DSR_INGRESS_PROG,
+    TC_DSR_EGRESS_PROG,
+    TC_LB_POD_INGRESS_PROG,
+];
 
 pub const SERVICES_MAP: &str = "cilia_lb4_services";
 pub const BACKENDS_MAP: &str = "cilia_lb4_backends";
@@ -719,7 +726,10 @@ impl LbDatapath {
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map(|(_, a)| *a)
-                    .expect("a node TC program");
+                    .unwrap_or_else(|| {
+                        assert_eq!(name, TC_LB_POD_INGRESS_PROG, "a node or pod TC program");
+                        TcAttachType::Ingress
+                    });
                 let prog: &mut SchedClassifier = self
                     .tc
                     .program_mut(name)

@@ -12,8 +12,9 @@
 //! - Terminating backends are used only when no active one is left (after the locality filter).
 //! - Service ids (rev-NAT indexes) are stable: ids of frontends already pinned are kept (read back
 //!   from the maps with [`pinned_service_ids`]), new frontends take the lowest free ids.
-//! - DSR applies to external frontends only; ClusterIP traffic is always SNATed (Cilium's DSR is for
-//!   north-south traffic).
+//! - DSR applies to external frontends only; ClusterIP traffic reaching a node device is SNATed
+//!   (Cilium's DSR is for north-south traffic). A pod's own traffic to any frontend is translated
+//!   at its host-side device with DNAT only (`cil_lb_pod_ingress`: the backend sees the pod).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

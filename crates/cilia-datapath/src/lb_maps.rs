@@ -367,6 +367,8 @@ pub const LB_COUNTER_NAMES: [&str; c::LB_C_MAX as usize] = [
     "stale_slot",
     "fib_memo_hit",
     "ct_expired",
+    "xmit_redirect",
+    "xdp_to_tc",
 ];
 
 /// One counter of `cilia_lb_counters`, by its C name without the `LB_C_` prefix.
@@ -398,7 +400,9 @@ pub enum LbCounter {
     StaleSlot,
     FibMemoHit,
     CtExpired,
+    XmitRedirect,
+    XdpToTc,
 }
 
-const _: () = assert!(LbCounter::CtExpired as u32 + 1 == c::LB_C_MAX);
+const _: () = assert!(LbCounter::XdpToTc as u32 + 1 == c::LB_C_MAX);
 const _: () = assert!(c::LB_C_MAX <= c::CILIA_LB_COUNTERS_MAX);
