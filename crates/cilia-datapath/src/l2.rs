@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::mem::{offset_of, size_of};
+use std::mem::size_of;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::bpf::{BpfError, ChainPosition, attach_tcx_pinned, pinned_link_ifaces};
-use crate::maps::c;
+use crate::maps::{assert_layout, c};
 
 /// The ARP responder object (`ebpf/tc_l2.c`).
 pub static TC_L2_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_l2.o"));
@@ -49,16 +49,18 @@ pub struct L2ResponderEntry {
 unsafe impl aya::Pod for L2ResponderKey {}
 unsafe impl aya::Pod for L2ResponderEntry {}
 
-const _: () = {
-    assert!(size_of::<L2ResponderKey>() == c::SIZE_l2_responder_key);
-    assert!(offset_of!(L2ResponderKey, ip4) == c::OFF_l2_responder_key_ip4);
-    assert!(offset_of!(L2ResponderKey, ifindex) == c::OFF_l2_responder_key_ifindex);
-    assert!(size_of::<L2ResponderEntry>() == c::SIZE_l2_responder_entry);
-    assert!(offset_of!(L2ResponderEntry, mac) == c::OFF_l2_responder_entry_mac);
-    assert!(
-        offset_of!(L2ResponderEntry, responses_sent) == c::OFF_l2_responder_entry_responses_sent
-    );
-};
+assert_layout!(
+    L2ResponderKey,
+    c::SIZE_l2_responder_key,
+    ip4 = c::OFF_l2_responder_key_ip4,
+    ifindex = c::OFF_l2_responder_key_ifindex
+);
+assert_layout!(
+    L2ResponderEntry,
+    c::SIZE_l2_responder_entry,
+    mac = c::OFF_l2_responder_entry_mac,
+    responses_sent = c::OFF_l2_responder_entry_responses_sent
+);
 
 /// Capacity of the responder map.
 pub const L2_RESPONDER_MAX: u32 = c::CILIA_L2_RESPONDER_MAX;

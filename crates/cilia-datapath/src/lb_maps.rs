@@ -2,10 +2,9 @@
 //! against the C declarations at compile time. Addresses and ports are kept as the C side keeps them:
 //! network byte order in native integers, converted only at the edges ([`be32`], [`be16`]).
 
-use std::mem::{offset_of, size_of};
 use std::net::Ipv4Addr;
 
-use crate::maps::c;
+use crate::maps::{assert_layout, c};
 
 /// Network-order `__be32` of an address, as the datapath stores it.
 pub fn be32(a: Ipv4Addr) -> u32 {
@@ -228,15 +227,6 @@ unsafe impl aya::Pod for Lb4FragPorts {}
 unsafe impl aya::Pod for Lb4AffinityKey {}
 unsafe impl aya::Pod for Lb4AffinityEntry {}
 unsafe impl aya::Pod for LbConfig {}
-
-macro_rules! assert_layout {
-    ($t:ty, $size:expr, $($f:ident = $off:expr),* $(,)?) => {
-        const _: () = {
-            assert!(size_of::<$t>() == $size);
-            $(assert!(offset_of!($t, $f) == $off);)*
-        };
-    };
-}
 
 assert_layout!(
     Lb4Key,

@@ -4,7 +4,7 @@
 //! writes them and reads the drop/audit events.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::mem::{offset_of, size_of};
+use std::mem::size_of;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::bpf::{BpfError, ChainPosition, attach_tcx_pinned, pinned_link_ifaces};
-use crate::maps::c;
+use crate::maps::{assert_layout, c};
 
 /// The policy object (`ebpf/tc_policy.c`).
 pub static TC_POLICY_OBJ: &[u8] =
@@ -119,34 +119,46 @@ unsafe impl aya::Pod for EpConfig {}
 
 const _: () = {
     assert!(size_of::<u32>() + size_of::<u32>() == c::SIZE_ipcache_key);
-    assert!(size_of::<IpcacheValue>() == c::SIZE_ipcache_value);
     assert!(size_of::<u32>() + size_of::<PolicyKeyData>() == c::SIZE_policy_key);
     assert!(c::OFF_policy_key_d == 4);
-    assert!(size_of::<PolicyKeyData>() == c::SIZE_policy_key_data);
-    assert!(offset_of!(PolicyKeyData, ep_id) == c::OFF_policy_key_data_ep_id);
-    assert!(offset_of!(PolicyKeyData, dir) == c::OFF_policy_key_data_dir);
-    assert!(offset_of!(PolicyKeyData, identity) == c::OFF_policy_key_data_identity);
-    assert!(offset_of!(PolicyKeyData, proto) == c::OFF_policy_key_data_proto);
-    assert!(offset_of!(PolicyKeyData, dport) == c::OFF_policy_key_data_dport);
-    assert!(size_of::<PolicyValue>() == c::SIZE_policy_value);
-    assert!(offset_of!(PolicyValue, rule) == c::OFF_policy_value_rule);
-    assert!(offset_of!(PolicyValue, verdict) == c::OFF_policy_value_verdict);
-    assert!(size_of::<EpConfig>() == c::SIZE_policy_ep_config);
-    assert!(offset_of!(EpConfig, ingress_enforced) == c::OFF_policy_ep_config_ingress_enforced);
-    assert!(offset_of!(EpConfig, egress_enforced) == c::OFF_policy_ep_config_egress_enforced);
-    assert!(offset_of!(EpConfig, audit) == c::OFF_policy_ep_config_audit);
-    assert!(size_of::<PolicyEventRaw>() == c::SIZE_policy_event);
-    assert!(offset_of!(PolicyEventRaw, ep_id) == c::OFF_policy_event_ep_id);
-    assert!(offset_of!(PolicyEventRaw, saddr) == c::OFF_policy_event_saddr);
-    assert!(offset_of!(PolicyEventRaw, daddr) == c::OFF_policy_event_daddr);
-    assert!(offset_of!(PolicyEventRaw, identity) == c::OFF_policy_event_identity);
-    assert!(offset_of!(PolicyEventRaw, rule) == c::OFF_policy_event_rule);
-    assert!(offset_of!(PolicyEventRaw, sport) == c::OFF_policy_event_sport);
-    assert!(offset_of!(PolicyEventRaw, dport) == c::OFF_policy_event_dport);
-    assert!(offset_of!(PolicyEventRaw, proto) == c::OFF_policy_event_proto);
-    assert!(offset_of!(PolicyEventRaw, dir) == c::OFF_policy_event_dir);
-    assert!(offset_of!(PolicyEventRaw, verdict) == c::OFF_policy_event_verdict);
 };
+assert_layout!(IpcacheValue, c::SIZE_ipcache_value);
+assert_layout!(
+    PolicyKeyData,
+    c::SIZE_policy_key_data,
+    ep_id = c::OFF_policy_key_data_ep_id,
+    dir = c::OFF_policy_key_data_dir,
+    identity = c::OFF_policy_key_data_identity,
+    proto = c::OFF_policy_key_data_proto,
+    dport = c::OFF_policy_key_data_dport
+);
+assert_layout!(
+    PolicyValue,
+    c::SIZE_policy_value,
+    rule = c::OFF_policy_value_rule,
+    verdict = c::OFF_policy_value_verdict
+);
+assert_layout!(
+    EpConfig,
+    c::SIZE_policy_ep_config,
+    ingress_enforced = c::OFF_policy_ep_config_ingress_enforced,
+    egress_enforced = c::OFF_policy_ep_config_egress_enforced,
+    audit = c::OFF_policy_ep_config_audit
+);
+assert_layout!(
+    PolicyEventRaw,
+    c::SIZE_policy_event,
+    ep_id = c::OFF_policy_event_ep_id,
+    saddr = c::OFF_policy_event_saddr,
+    daddr = c::OFF_policy_event_daddr,
+    identity = c::OFF_policy_event_identity,
+    rule = c::OFF_policy_event_rule,
+    sport = c::OFF_policy_event_sport,
+    dport = c::OFF_policy_event_dport,
+    proto = c::OFF_policy_event_proto,
+    dir = c::OFF_policy_event_dir,
+    verdict = c::OFF_policy_event_verdict
+);
 
 /// Direction seen from the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
