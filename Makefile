@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KUBECTL_VERSION := 1.37.1
 HELM_SDK_VERSION := 0.2.2
 APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev iproute2 iptables arping tcpdump socat \
-	netcat-openbsd protobuf-compiler bpftool procps
+	netcat-openbsd protobuf-compiler bpftool procps openssl
 AREA ?=
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug
 
