@@ -379,6 +379,7 @@ fn hello(node: &str, version: u64, digest: &str) -> Vec<u8> {
             agent_version: "hand-built".into(),
             last_applied_version: version,
             intent_digest: digest.into(),
+            up_interfaces: vec![],
         })),
     }
     .encode_to_vec()

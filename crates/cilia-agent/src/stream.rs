@@ -326,6 +326,7 @@ impl IntentStream {
             node: c.node.clone(),
             agent_version: c.agent_version.clone(),
             held: held_now.as_ref().map(|h| (h.version, h.digest())),
+            up_interfaces: Default::default(),
         };
         let (tx, rx) = mpsc::channel(16);
         let _ = tx.try_send(agent_message_to_proto(&AgentMessage::Hello(hello)));
@@ -408,7 +409,7 @@ impl IntentStream {
                     if last_heard.elapsed() > silent_after {
                         return (Err(SessionError::Silent(silent_after)), heard);
                     }
-                    let hb = AgentMessage::Heartbeat { unix_millis: unix_ms() };
+                    let hb = AgentMessage::Heartbeat { unix_millis: unix_ms(), up_interfaces: Default::default() };
                     if tx.send(agent_message_to_proto(&hb)).await.is_err() {
                         return (Err(SessionError::Closed), heard);
                     }

@@ -1,6 +1,6 @@
 //! The cluster facts the intent computation reads: nodes and the routing configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -60,10 +60,91 @@ pub struct ClusterState {
     /// The datapath part of `cilium-config`.
     #[serde(default)]
     pub datapath: crate::service::DatapathConfig,
+    /// Valid parts of the `CiliumL2AnnouncementPolicy` objects (the operator reports the rest).
+    #[serde(default)]
+    pub l2_policies: Vec<crate::l2::L2Policy>,
+    /// What the intent server knows of each node's agent; a node without an entry has none.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentReport>,
+    /// The node each announced Service was last given to, by `namespace/name` (what the
+    /// `cilium-l2announce-*` Leases record): the fence of a hand-over from a lapsing node.
+    #[serde(default)]
+    pub l2_holders: BTreeMap<String, String>,
+    /// `CiliumClusterwideNetworkPolicy` rules, converted (a policy that failed is absent whole).
+    #[serde(default)]
+    pub policies: Vec<crate::policy::PolicyRule>,
+    /// Pods with an address, with their namespace's labels.
+    #[serde(default)]
+    pub pods: Vec<crate::policy::PolicyPod>,
+    /// Enforcement settings and the API server's addresses.
+    #[serde(default)]
+    pub policy_env: crate::policy::PolicyEnv,
+}
+
+/// A node's agent as the intent server sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    /// Connected and heartbeating. `false`: gone, but its L2 announcements may still be
+    /// answered until its lease lapses (the entry is dropped then).
+    pub live: bool,
+    /// Interfaces the agent reports up (with carrier).
+    #[serde(default)]
+    pub up_interfaces: BTreeSet<String>,
 }
 
 impl ClusterState {
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The nodes as the L2 announcer choice sees them (first of each name).
+    pub fn l2_nodes(&self) -> Vec<crate::l2::L2Node> {
+        let mut seen = BTreeSet::new();
+        self.nodes
+            .iter()
+            .filter(|n| seen.insert(n.name.as_str()))
+            .map(|n| {
+                let a = self.agents.get(&n.name);
+                crate::l2::L2Node {
+                    name: n.name.clone(),
+                    labels: n.labels.clone(),
+                    agent_live: a.is_some_and(|a| a.live),
+                    up_interfaces: a.map(|a| a.up_interfaces.clone()).unwrap_or_default(),
+                    lapsing: a.is_some_and(|a| !a.live),
+                }
+            })
+            .collect()
+    }
+
+    /// The nodes as policy sees them (first of each name).
+    pub fn policy_nodes(&self) -> Vec<crate::policy::PolicyNode> {
+        let mut seen = BTreeSet::new();
+        self.nodes
+            .iter()
+            .filter(|n| seen.insert(n.name.as_str()))
+            .map(|n| crate::policy::PolicyNode {
+                name: n.name.clone(),
+                ip: n.internal_ip,
+                labels: n.labels.clone(),
+            })
+            .collect()
+    }
+
+    /// Every Service's L2 announcer, fenced against hand-overs from lapsing nodes; none when L2
+    /// announcements are off.
+    pub fn l2_choices(
+        &self,
+    ) -> BTreeMap<crate::service::ServiceName, crate::l2::L2Choice> {
+        if !self.datapath.l2_announcements || self.l2_policies.is_empty() {
+            return BTreeMap::new();
+        }
+        crate::l2::choose_announcers_fenced(
+            &self.l2_policies,
+            &self.l2_nodes(),
+            &self.services,
+            &self.endpoint_slices,
+            &self.l2_holders,
+        )
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::intent::{NodeFacts, NodeIntent, RouteIntent};
+use crate::intent::{L2Map, NodeFacts, NodeIntent, RouteIntent};
+use crate::l2::L2Announcement;
+use crate::policy::{EndpointPolicy, EndpointRef, NodePolicy};
 use crate::service::{DatapathConfig, ServiceIntent, ServiceMap, ServiceName};
 
 /// The kinds of entries an intent is made of.
@@ -24,6 +26,50 @@ pub enum Kind {
     /// flips one setting sends that entry alone, identical for every node. An intent without it
     /// holds the defaults.
     Datapath,
+    /// A VIP this node announces on the LAN (key: the VIP).
+    L2,
+    /// The identity of the addresses under a prefix (key: the prefix).
+    Identity,
+    /// The policy table of one endpoint (key: `host`, or `pod/<namespace>/<name>`).
+    PolicyEndpoint,
+    /// The rule names policy entries refer to by index (one entry, key ""; absent when none).
+    PolicyRules,
+}
+
+/// One identity of the node's ipcache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityEntry {
+    pub cidr: ipnet::Ipv4Net,
+    pub identity: u32,
+}
+
+/// One endpoint's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyEndpointEntry {
+    pub endpoint: EndpointRef,
+    pub policy: EndpointPolicy,
+}
+
+/// The key text of an endpoint.
+pub fn endpoint_key(e: &EndpointRef) -> String {
+    match e {
+        EndpointRef::Host => "host".into(),
+        EndpointRef::Pod(p) => format!("pod/{p}"),
+    }
+}
+
+/// The endpoint a `Kind::PolicyEndpoint` key names, when it is in the exact form `endpoint_key`
+/// gives.
+pub fn endpoint_of_key(key: &str) -> Option<EndpointRef> {
+    if key == "host" {
+        return Some(EndpointRef::Host);
+    }
+    let p = key.strip_prefix("pod/")?;
+    let (ns, name) = p.split_once('/')?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        .then(|| EndpointRef::Pod(p.to_string()))
 }
 
 /// Identifies one entry of an intent.
@@ -42,6 +88,10 @@ pub enum Entry {
     /// Shared with the intent it came from: entries of 10,000 Services copy no Service.
     Service(Arc<ServiceIntent>),
     Datapath(DatapathConfig),
+    L2(L2Announcement),
+    Identity(IdentityEntry),
+    PolicyEndpoint(PolicyEndpointEntry),
+    PolicyRules(Vec<String>),
 }
 
 impl Entry {
@@ -61,6 +111,22 @@ impl Entry {
             },
             Entry::Datapath(_) => EntryKey {
                 kind: Kind::Datapath,
+                key: String::new(),
+            },
+            Entry::L2(a) => EntryKey {
+                kind: Kind::L2,
+                key: a.vip.to_string(),
+            },
+            Entry::Identity(i) => EntryKey {
+                kind: Kind::Identity,
+                key: i.cidr.to_string(),
+            },
+            Entry::PolicyEndpoint(p) => EntryKey {
+                kind: Kind::PolicyEndpoint,
+                key: endpoint_key(&p.endpoint),
+            },
+            Entry::PolicyRules(_) => EntryKey {
+                kind: Kind::PolicyRules,
                 key: String::new(),
             },
         }
@@ -111,6 +177,13 @@ impl NodeIntent {
         }
         let dp = Entry::Datapath(self.datapath.clone());
         m.insert(dp.key(), dp);
+        for a in self.l2.values() {
+            let e = Entry::L2(a.clone());
+            m.insert(e.key(), e);
+        }
+        for e in policy_entries(&self.policy) {
+            m.insert(e.key(), e);
+        }
         m
     }
 
@@ -122,6 +195,8 @@ impl NodeIntent {
         let mut routes = std::collections::BTreeSet::new();
         let mut services = Vec::new();
         let mut datapath = DatapathConfig::default();
+        let mut l2 = L2Map::new();
+        let mut policy = NodePolicy::default();
         for e in entries {
             match e {
                 Entry::Node(f) => facts = Some(f.clone()),
@@ -130,13 +205,146 @@ impl NodeIntent {
                 }
                 Entry::Service(s) => services.push(s.clone()),
                 Entry::Datapath(d) => datapath = d.clone(),
+                Entry::L2(a) => {
+                    l2.insert(a.vip, a.clone());
+                }
+                other => put_policy(&mut policy, other),
             }
         }
         let f = facts.ok_or(DeltaError::MissingNode)?;
         let mut i = NodeIntent::from_facts(f, routes);
         i.services = services.into_iter().collect();
         i.datapath = datapath;
+        i.l2 = Arc::new(l2);
+        i.policy = Arc::new(policy);
         Ok(i)
+    }
+}
+
+/// A node policy as keyed entries.
+fn policy_entries(p: &NodePolicy) -> impl Iterator<Item = Entry> + '_ {
+    let ids = p.ipcache.iter().map(|(cidr, id)| {
+        Entry::Identity(IdentityEntry {
+            cidr: *cidr,
+            identity: *id,
+        })
+    });
+    let eps = p.endpoints.iter().map(|(e, pol)| {
+        Entry::PolicyEndpoint(PolicyEndpointEntry {
+            endpoint: e.clone(),
+            policy: pol.clone(),
+        })
+    });
+    let rules = (!p.rules.is_empty()).then(|| Entry::PolicyRules(p.rules.clone()));
+    ids.chain(eps).chain(rules)
+}
+
+/// Puts a policy entry into `p` (other kinds are not policy: ignored).
+fn put_policy(p: &mut NodePolicy, e: &Entry) {
+    match e {
+        Entry::Identity(i) => {
+            p.ipcache.insert(i.cidr, i.identity);
+        }
+        Entry::PolicyEndpoint(x) => {
+            p.endpoints.insert(x.endpoint.clone(), x.policy.clone());
+        }
+        Entry::PolicyRules(r) => p.rules = r.clone(),
+        _ => {}
+    }
+}
+
+/// Upserts and deletes turning map `a` into map `b`.
+fn diff_maps<K: Ord, V: PartialEq>(
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+    d: &mut Delta,
+    key: impl Fn(&K) -> EntryKey,
+    entry: impl Fn(&K, &V) -> Entry,
+) {
+    use std::cmp::Ordering;
+    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let ord = match (x.peek(), y.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(p), Some(q)) => p.0.cmp(q.0),
+        };
+        match ord {
+            Ordering::Less => d.deletes.push(key(x.next().unwrap().0)),
+            Ordering::Greater => {
+                let (k, v) = y.next().unwrap();
+                d.upserts.push(entry(k, v));
+            }
+            Ordering::Equal => {
+                let ((_, v), (k, w)) = (x.next().unwrap(), y.next().unwrap());
+                if v != w {
+                    d.upserts.push(entry(k, w));
+                }
+            }
+        }
+    }
+}
+
+fn diff_l2(old: &Arc<L2Map>, new: &Arc<L2Map>, d: &mut Delta) {
+    if Arc::ptr_eq(old, new) {
+        return;
+    }
+    diff_maps(
+        old,
+        new,
+        d,
+        |vip| EntryKey {
+            kind: Kind::L2,
+            key: vip.to_string(),
+        },
+        |_, a| Entry::L2(a.clone()),
+    );
+}
+
+fn diff_policy(old: &Arc<NodePolicy>, new: &Arc<NodePolicy>, d: &mut Delta) {
+    if Arc::ptr_eq(old, new) || old == new {
+        return;
+    }
+    diff_maps(
+        &old.ipcache,
+        &new.ipcache,
+        d,
+        |cidr| EntryKey {
+            kind: Kind::Identity,
+            key: cidr.to_string(),
+        },
+        |cidr, id| {
+            Entry::Identity(IdentityEntry {
+                cidr: *cidr,
+                identity: *id,
+            })
+        },
+    );
+    diff_maps(
+        &old.endpoints,
+        &new.endpoints,
+        d,
+        |e| EntryKey {
+            kind: Kind::PolicyEndpoint,
+            key: endpoint_key(e),
+        },
+        |e, p| {
+            Entry::PolicyEndpoint(PolicyEndpointEntry {
+                endpoint: e.clone(),
+                policy: p.clone(),
+            })
+        },
+    );
+    if old.rules != new.rules {
+        if new.rules.is_empty() {
+            d.deletes.push(EntryKey {
+                kind: Kind::PolicyRules,
+                key: String::new(),
+            });
+        } else {
+            d.upserts.push(Entry::PolicyRules(new.rules.clone()));
+        }
     }
 }
 
@@ -197,6 +405,8 @@ pub fn diff(old: &NodeIntent, new: &NodeIntent) -> Delta {
     if old.datapath != new.datapath {
         d.upserts.push(Entry::Datapath(new.datapath.clone()));
     }
+    diff_l2(&old.l2, &new.l2, &mut d);
+    diff_policy(&old.policy, &new.policy, &mut d);
     // Key order (kind, then key text), as a walk over the keyed entries gives.
     d.upserts.sort_by_cached_key(Entry::key);
     d.deletes.sort();
@@ -275,8 +485,43 @@ pub fn apply(intent: &NodeIntent, delta: &Delta) -> Result<NodeIntent, DeltaErro
     };
     let mut services = intent.services.clone();
     let mut datapath = Some(intent.datapath.clone());
+    // Copied only when the delta touches them.
+    let mut l2: Option<L2Map> = None;
+    let mut policy: Option<NodePolicy> = None;
     for k in &delta.deletes {
         match k.kind {
+            Kind::L2 => {
+                if let Ok(vip) = k.key.parse::<std::net::Ipv4Addr>()
+                    && vip.to_string() == k.key
+                {
+                    l2.get_or_insert_with(|| (*intent.l2).clone()).remove(&vip);
+                }
+            }
+            Kind::Identity => {
+                if let Ok(cidr) = k.key.parse::<ipnet::Ipv4Net>()
+                    && cidr.to_string() == k.key
+                {
+                    policy
+                        .get_or_insert_with(|| (*intent.policy).clone())
+                        .ipcache
+                        .remove(&cidr);
+                }
+            }
+            Kind::PolicyEndpoint => {
+                if let Some(e) = endpoint_of_key(&k.key) {
+                    policy
+                        .get_or_insert_with(|| (*intent.policy).clone())
+                        .endpoints
+                        .remove(&e);
+                }
+            }
+            Kind::PolicyRules if k.key.is_empty() => {
+                policy
+                    .get_or_insert_with(|| (*intent.policy).clone())
+                    .rules
+                    .clear();
+            }
+            Kind::PolicyRules => {}
             Kind::Node if k.key.is_empty() => facts = None,
             Kind::Node => {}
             Kind::Datapath if k.key.is_empty() => datapath = None,
@@ -315,12 +560,22 @@ pub fn apply(intent: &NodeIntent, delta: &Delta) -> Result<NodeIntent, DeltaErro
                 services.insert(s.clone());
             }
             Entry::Datapath(dp) => datapath = Some(dp.clone()),
+            Entry::L2(a) => {
+                l2.get_or_insert_with(|| (*intent.l2).clone())
+                    .insert(a.vip, a.clone());
+            }
+            other => put_policy(
+                policy.get_or_insert_with(|| (*intent.policy).clone()),
+                other,
+            ),
         }
     }
     let f = facts.ok_or(DeltaError::MissingNode)?;
     let mut i = NodeIntent::from_facts(f, routes);
     i.services = services;
     i.datapath = datapath.unwrap_or_default();
+    i.l2 = l2.map(Arc::new).unwrap_or_else(|| intent.l2.clone());
+    i.policy = policy.map(Arc::new).unwrap_or_else(|| intent.policy.clone());
     Ok(i)
 }
 

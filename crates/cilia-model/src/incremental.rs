@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
-use crate::cluster::{ClusterState, NodeInfo, RoutingConfig};
-use crate::intent::{NodeIntent, RouteIntent, overlaps, routes_enabled};
+use crate::cluster::{AgentReport, ClusterState, NodeInfo, RoutingConfig};
+use crate::intent::{L2Map, NodeIntent, RouteIntent, node_policy, overlaps, routes_enabled};
+use crate::l2::{L2Choice, L2Policy};
+use crate::policy::{NodePolicy, PolicyEnv, PolicyPod, PolicyRule};
 use crate::service::{
     DatapathConfig, EndpointSliceInfo, ServiceContext, ServiceInfo, ServiceMap, ServiceName,
     service_intent,
@@ -40,9 +42,31 @@ pub struct ClusterIntents {
     claims: Claims,
     /// The first `NodeInfo` of each name (as `ClusterState::node` finds it).
     nodes: BTreeMap<String, NodeInfo>,
+    /// L2 inputs besides Services, slices and nodes, and the choice they gave.
+    l2_in: Option<L2Inputs>,
+    l2_choices: BTreeMap<ServiceName, L2Choice>,
+    l2_by_node: BTreeMap<String, Arc<L2Map>>,
+    /// Policy inputs besides nodes, and each node's compiled policy.
+    policy_in: Option<PolicyInputs>,
+    policy_by_node: BTreeMap<String, Arc<NodePolicy>>,
     /// The outputs.
     services: ServiceMap,
     intents: BTreeMap<String, Arc<NodeIntent>>,
+}
+
+#[derive(Clone, PartialEq)]
+struct L2Inputs {
+    enabled: bool,
+    policies: Vec<L2Policy>,
+    agents: BTreeMap<String, AgentReport>,
+    holders: BTreeMap<String, String>,
+}
+
+#[derive(Clone, PartialEq)]
+struct PolicyInputs {
+    rules: Vec<PolicyRule>,
+    pods: Vec<PolicyPod>,
+    env: PolicyEnv,
 }
 
 /// What one `update` changed.
@@ -73,6 +97,11 @@ impl ClusterIntents {
     /// The Services every node holds.
     pub fn services(&self) -> &ServiceMap {
         &self.services
+    }
+
+    /// The announcer of every announced Service, as of the last update.
+    pub fn l2_choices(&self) -> &BTreeMap<ServiceName, L2Choice> {
+        &self.l2_choices
     }
 
     /// Brings every intent up to `cluster`. Costs what changed: O(S) key comparisons for S
@@ -201,6 +230,10 @@ impl ClusterIntents {
             changes.removed.push(n);
         }
 
+        let nodes_changed = self.nodes != nodes;
+        let l2_changed = self.update_l2(cluster, nodes_changed, services_changed);
+        let policy_changed = self.update_policy(cluster, nodes_changed);
+
         let enabled = routes_enabled(&self.routing);
         for (name, me) in &nodes {
             let old = self.intents.get(name);
@@ -230,10 +263,24 @@ impl ClusterIntents {
                     && o.routing_mode == self.routing.mode
                     && o.native_routing_cidr == self.routing.native_routing_cidr
             });
+            let l2 = self.l2_by_node.get(name).cloned().unwrap_or_default();
+            let l2 = match old {
+                Some(o) if !l2_changed || *o.l2 == *l2 => o.l2.clone(),
+                _ => l2,
+            };
+            let policy = self.policy_by_node.get(name).cloned().unwrap_or_default();
+            let policy = match old {
+                Some(o) if !policy_changed || *o.policy == *policy => o.policy.clone(),
+                _ => policy,
+            };
             let same = facts_same
                 && matches!(routes, Routes::Same(_))
                 && !services_changed
-                && old.is_some_and(|o| o.datapath == self.datapath);
+                && old.is_some_and(|o| {
+                    o.datapath == self.datapath
+                        && Arc::ptr_eq(&o.l2, &l2)
+                        && Arc::ptr_eq(&o.policy, &policy)
+                });
             if same {
                 continue;
             }
@@ -249,6 +296,8 @@ impl ClusterIntents {
                 },
                 services: self.services.clone(),
                 datapath: self.datapath.clone(),
+                l2,
+                policy,
             };
             // Something differs: facts and datapath were compared, routes are `New` only when
             // they differ, and the Service list is replaced only when a Service changed.
@@ -258,6 +307,67 @@ impl ClusterIntents {
         }
         self.nodes = nodes;
         changes
+    }
+
+    /// Recomputes the L2 choice when anything it reads changed; `true` when a node's
+    /// announcements may differ.
+    fn update_l2(&mut self, cluster: &ClusterState, nodes_changed: bool, services_changed: bool) -> bool {
+        let inputs = L2Inputs {
+            enabled: cluster.datapath.l2_announcements,
+            policies: cluster.l2_policies.clone(),
+            agents: cluster.agents.clone(),
+            holders: cluster.l2_holders.clone(),
+        };
+        let active = inputs.enabled && !inputs.policies.is_empty();
+        let was_active = self.l2_in.as_ref().is_some_and(|i| i.enabled && !i.policies.is_empty());
+        let inputs_changed = self.l2_in.as_ref() != Some(&inputs);
+        if !active && !was_active {
+            self.l2_in = Some(inputs);
+            return false;
+        }
+        // The readiness of local backends (`externalTrafficPolicy: Local`) lives in slices, and
+        // reaches the Service intents they feed: `services_changed` covers it.
+        if !inputs_changed && !nodes_changed && !services_changed {
+            return false;
+        }
+        self.l2_in = Some(inputs);
+        let choices = cluster.l2_choices();
+        if choices == self.l2_choices && !nodes_changed {
+            return false;
+        }
+        let mut by_node: BTreeMap<String, L2Map> = BTreeMap::new();
+        for c in choices.values() {
+            let m = by_node.entry(c.node.clone()).or_default();
+            for a in &c.announcements {
+                m.entry(a.vip).or_insert_with(|| a.clone());
+            }
+        }
+        self.l2_by_node = by_node.into_iter().map(|(n, m)| (n, Arc::new(m))).collect();
+        self.l2_choices = choices;
+        true
+    }
+
+    /// Recompiles every node's policy when anything policy reads changed; `true` then.
+    fn update_policy(&mut self, cluster: &ClusterState, nodes_changed: bool) -> bool {
+        let inputs = PolicyInputs {
+            rules: cluster.policies.clone(),
+            pods: cluster.pods.clone(),
+            env: cluster.policy_env.clone(),
+        };
+        if self.policy_in.as_ref() == Some(&inputs) && !nodes_changed {
+            return false;
+        }
+        self.policy_in = Some(inputs);
+        let mut seen = BTreeSet::new();
+        self.policy_by_node = cluster
+            .nodes
+            .iter()
+            .filter(|n| seen.insert(n.name.as_str()))
+            .map(|n| (n.name.clone(), node_policy(cluster, &n.name)))
+            .filter(|(_, p)| *p != NodePolicy::default())
+            .map(|(n, p)| (n, Arc::new(p)))
+            .collect();
+        true
     }
 
     /// The in-place comparison: `true` when `services` lists the same names in the same order as

@@ -1,6 +1,6 @@
 //! `ClusterState → NodeIntent`: what one node's agent must make true in its kernel.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -8,7 +8,12 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterState, NodeInfo, RoutingMode};
+use crate::l2::L2Announcement;
+use crate::policy::NodePolicy;
 use crate::service::{DatapathConfig, ServiceMap};
+
+/// The VIPs a node announces, by VIP.
+pub type L2Map = BTreeMap<Ipv4Addr, L2Announcement>;
 
 /// A route to another node's pod CIDR through that node's address (native routing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -47,6 +52,13 @@ pub struct NodeIntent {
     /// The datapath part of `cilium-config`.
     #[serde(default)]
     pub datapath: DatapathConfig,
+    /// The VIPs this node answers ARP for (the operator chose it as their announcer).
+    #[serde(default)]
+    pub l2: Arc<L2Map>,
+    /// The policy this node enforces: identities of addresses, and the tables of its endpoints
+    /// (pods, and the host itself for host policies) that some rule selects.
+    #[serde(default)]
+    pub policy: Arc<NodePolicy>,
 }
 
 impl NodeIntent {
@@ -70,6 +82,8 @@ impl NodeIntent {
             routes: Arc::new(routes),
             services: ServiceMap::new(),
             datapath: DatapathConfig::default(),
+            l2: Arc::default(),
+            policy: Arc::default(),
         }
     }
 }
@@ -95,7 +109,33 @@ pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, Int
         routes: Arc::new(routes(cluster, me)),
         services: crate::service::services(cluster),
         datapath: cluster.datapath.clone(),
+        l2: Arc::new(crate::l2::node_announcements(
+            &cluster.l2_choices(),
+            &me.name,
+        )),
+        policy: Arc::new(node_policy(cluster, &me.name)),
     })
+}
+
+/// The policy `node` enforces (see [`crate::policy::compile_node`]). A node with no enforced
+/// endpoint holds nothing, not even identities: it would never look them up.
+pub fn node_policy(cluster: &ClusterState, node: &str) -> NodePolicy {
+    if cluster.policies.is_empty()
+        && cluster.policy_env.mode != crate::policy::EnforcementMode::Always
+    {
+        return NodePolicy::default();
+    }
+    let p = crate::policy::compile_node(
+        node,
+        &cluster.policies,
+        &cluster.pods,
+        &cluster.policy_nodes(),
+        &cluster.policy_env,
+    );
+    if p.endpoints.is_empty() {
+        return NodePolicy::default();
+    }
+    p
 }
 
 /// The routes of node `me`: with native routing and `autoDirectNodeRoutes`, one route per other

@@ -29,9 +29,46 @@ use crate::lbipam::{CLASS_L2_ANNOUNCER, LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESP
 use crate::selector::{LabelSelector, NilSelector, matches_optional};
 use crate::service::{EndpointSliceInfo, ServiceInfo, ServiceName};
 
+/// One compiled `spec.interfaces` pattern; compared and serialized by its text, so policies can
+/// sit in the (comparable, serializable) cluster state.
+#[derive(Debug, Clone)]
+pub struct InterfaceRegex(pub Regex);
+
+impl InterfaceRegex {
+    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
+        Regex::new(pattern).map(InterfaceRegex)
+    }
+
+    pub fn is_match(&self, name: &str) -> bool {
+        self.0.is_match(name)
+    }
+}
+
+impl PartialEq for InterfaceRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for InterfaceRegex {}
+
+impl Serialize for InterfaceRegex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for InterfaceRegex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        InterfaceRegex::new(&s).map_err(|e| serde::de::Error::custom(format!("interface regex {s:?}: {e}")))
+    }
+}
+
 /// A `CiliumL2AnnouncementPolicy`, validated: a policy whose selector or regex is invalid is not
 /// passed in (the operator reports its condition instead), so the others keep working.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct L2Policy {
     pub name: String,
     pub service_selector: Option<LabelSelector>,
@@ -39,7 +76,7 @@ pub struct L2Policy {
     /// Compiled `spec.interfaces` (unanchored, like Go's `regexp.MatchString`, OR-ed); `None`
     /// (unset or empty in the spec): any interface. Patterns that do not compile are left out by
     /// the operator (and reported); when none is left the policy matches no interface.
-    pub interfaces: Option<Vec<Regex>>,
+    pub interfaces: Option<Vec<InterfaceRegex>>,
     pub external_ips: bool,
     pub load_balancer_ips: bool,
 }
@@ -73,6 +110,11 @@ pub struct L2Node {
     pub agent_live: bool,
     /// Interfaces its agent reports as up (carrier present).
     pub up_interfaces: BTreeSet<String>,
+    /// Its agent is gone, but what it was told to announce may still be answered until its lease
+    /// lapses: it is not eligible, and a Service it held is handed to no other node until then,
+    /// so two nodes never answer for one VIP.
+    #[serde(default)]
+    pub lapsing: bool,
 }
 
 /// One VIP a node must announce.
@@ -204,6 +246,33 @@ pub fn choose_announcers(
     out
 }
 
+/// [`choose_announcers`], fenced: a Service whose last announcer (`holders`, by `namespace/name`)
+/// is lapsing and is not the new choice gets no announcer until that node's lease has lapsed
+/// (the caller recomputes then, with the node no longer lapsing).
+pub fn choose_announcers_fenced(
+    policies: &[L2Policy],
+    nodes: &[L2Node],
+    services: &[ServiceInfo],
+    slices: &[EndpointSliceInfo],
+    holders: &BTreeMap<String, String>,
+) -> BTreeMap<ServiceName, L2Choice> {
+    let mut choices = choose_announcers(policies, nodes, services, slices);
+    let lapsing: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| n.lapsing)
+        .map(|n| n.name.as_str())
+        .collect();
+    if lapsing.is_empty() {
+        return choices;
+    }
+    choices.retain(|svc, c| {
+        holders
+            .get(&svc.to_string())
+            .is_none_or(|h| h == &c.node || !lapsing.contains(h.as_str()))
+    });
+    choices
+}
+
 /// The announcements of one node, by VIP (a VIP two Services share goes to the one first by name).
 pub fn node_announcements(
     choices: &BTreeMap<ServiceName, L2Choice>,
@@ -239,7 +308,7 @@ mod tests {
                     values: None,
                 }]),
             }),
-            interfaces: Some(vec![Regex::new("^eth[0-9]+").unwrap()]),
+            interfaces: Some(vec![InterfaceRegex::new("^eth[0-9]+").unwrap()]),
             external_ips: true,
             load_balancer_ips: true,
         }
@@ -255,6 +324,7 @@ mod tests {
             labels,
             agent_live: true,
             up_interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+            lapsing: false,
         }
     }
 
@@ -475,7 +545,7 @@ mod tests {
     fn interface_union_and_no_usable_regex() {
         let p2 = L2Policy {
             name: "host".into(),
-            interfaces: Some(vec![Regex::new("^cilia_").unwrap()]),
+            interfaces: Some(vec![InterfaceRegex::new("^cilia_").unwrap()]),
             ..seed_policy()
         };
         let c = choose_announcers(&[seed_policy(), p2], &lab_nodes(), &svcs(1), &[]);
@@ -490,6 +560,46 @@ mod tests {
             ..seed_policy()
         };
         assert!(choose_announcers(&[none], &lab_nodes(), &svcs(1), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_lapsing_holder_fences_its_services_until_its_lease_is_over() {
+        let services = svcs(40);
+        let before = choose_announcers(&[seed_policy()], &lab_nodes(), &services, &[]);
+        let holders: BTreeMap<String, String> = before
+            .iter()
+            .map(|(s, c)| (s.to_string(), c.node.clone()))
+            .collect();
+        let mut nodes = lab_nodes();
+        nodes[1].agent_live = false;
+        nodes[1].lapsing = true;
+        let fenced = choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &holders);
+        for (svc, c) in &before {
+            if c.node == "worker" {
+                assert!(!fenced.contains_key(svc), "{svc}: nobody until worker lapsed");
+            } else {
+                assert_eq!(fenced[svc], *c, "{svc}: worker2's Services stay put");
+            }
+        }
+        // Lapsed: the fence is gone and worker2 takes everything.
+        nodes[1].lapsing = false;
+        let after = choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &holders);
+        assert_eq!(after.len(), 40);
+        assert!(after.values().all(|c| c.node == "worker2"));
+        // No holders known (a fresh operator): nothing to fence.
+        nodes[1].lapsing = true;
+        let fresh = choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &BTreeMap::new());
+        assert_eq!(fresh.len(), 40);
+    }
+
+    #[test]
+    fn policies_round_trip_through_json() {
+        let p = seed_policy();
+        let back: L2Policy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        let bad = serde_json::to_string(&p).unwrap().replace("^eth[0-9]+", "(");
+        let err = serde_json::from_str::<L2Policy>(&bad).unwrap_err().to_string();
+        assert!(err.contains("interface regex \"(\""), "{err}");
     }
 
     #[test]

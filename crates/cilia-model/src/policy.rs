@@ -249,7 +249,32 @@ pub struct EndpointPolicy {
     pub ingress_enforced: bool,
     pub egress_enforced: bool,
     pub audit: bool,
+    #[serde(with = "pairs")]
     pub entries: BTreeMap<EntryKey, EntryVerdict>,
+}
+
+/// Maps with structured keys, (de)serialized as lists of `[key, value]` pairs: JSON keys must be
+/// strings, and the digest and status pages write these as JSON.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// Which endpoint of the node.
@@ -268,6 +293,7 @@ pub enum EndpointRef {
 pub struct NodePolicy {
     /// Prefix → identity of the addresses under it (longest prefix wins; unknown = world).
     pub ipcache: BTreeMap<Ipv4Net, u32>,
+    #[serde(with = "pairs")]
     pub endpoints: BTreeMap<EndpointRef, EndpointPolicy>,
     /// Rule names (`policy` or `policy/specs[i]`), indexed by [`EntryVerdict::rule`].
     pub rules: Vec<String>,

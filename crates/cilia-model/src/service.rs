@@ -253,6 +253,17 @@ pub struct DatapathConfig {
     /// `enable-l2-announcements`.
     #[serde(default)]
     pub l2_announcements: bool,
+    /// `l2-announcements-lease-duration`: an agent answers for its VIPs only while it has heard
+    /// from the operator within this time (its BPF responder checks the same deadline), and the
+    /// operator hands a gone agent's VIPs to another node only after it.
+    #[serde(default = "default_l2_lease_ms")]
+    pub l2_lease_ms: u32,
+    /// `l2-announcements-renew-deadline`: an agent not heard from for this long is gone.
+    #[serde(default = "default_l2_renew_deadline_ms")]
+    pub l2_renew_deadline_ms: u32,
+    /// `l2-announcements-retry-period`: heartbeat interval both ways while L2 announcements are on.
+    #[serde(default = "default_l2_retry_period_ms")]
+    pub l2_retry_period_ms: u32,
     /// `policy-audit-mode`.
     #[serde(default)]
     pub policy_audit_mode: bool,
@@ -269,6 +280,23 @@ fn default_lb_algorithm() -> LbAlgorithm {
 }
 fn default_maglev() -> u32 {
     DEFAULT_MAGLEV_TABLE_SIZE
+}
+
+/// L2 timings when `cilium-config` sets none. Not Cilium's 15 s / 5 s / 2 s: those exist to
+/// spare the API server a Lease write per Service per renewal, and here renewals are heartbeats
+/// on a stream the agent holds anyway. 400 ms / 300 ms / 100 ms bound a failover under 1 s.
+pub const DEFAULT_L2_LEASE_MS: u32 = 400;
+pub const DEFAULT_L2_RENEW_DEADLINE_MS: u32 = 300;
+pub const DEFAULT_L2_RETRY_PERIOD_MS: u32 = 100;
+
+fn default_l2_lease_ms() -> u32 {
+    DEFAULT_L2_LEASE_MS
+}
+fn default_l2_renew_deadline_ms() -> u32 {
+    DEFAULT_L2_RENEW_DEADLINE_MS
+}
+fn default_l2_retry_period_ms() -> u32 {
+    DEFAULT_L2_RETRY_PERIOD_MS
 }
 
 impl Default for DatapathConfig {
@@ -288,6 +316,9 @@ impl Default for DatapathConfig {
             non_masquerade_cidrs: Vec::new(),
             masq_link_local: false,
             l2_announcements: false,
+            l2_lease_ms: DEFAULT_L2_LEASE_MS,
+            l2_renew_deadline_ms: DEFAULT_L2_RENEW_DEADLINE_MS,
+            l2_retry_period_ms: DEFAULT_L2_RETRY_PERIOD_MS,
             policy_audit_mode: false,
             devices: Vec::new(),
         }

@@ -230,9 +230,159 @@ fn arb_datapath() -> impl Strategy<Value = DatapathConfig> {
         })
 }
 
+/// L2 announcement inputs: policies, agents (live, lapsing, absent) and last holders.
+fn arb_l2() -> impl Strategy<Value = L2Parts> {
+    use crate::cluster::AgentReport;
+    use crate::l2::{InterfaceRegex, L2Policy};
+    use crate::selector::LabelSelector;
+    (
+        proptest::bool::weighted(0.8),
+        proptest::collection::vec(
+            (any::<bool>(), proptest::bool::weighted(0.3), any::<bool>()),
+            0..3,
+        ),
+        proptest::collection::btree_map(
+            0u8..4,
+            (proptest::bool::weighted(0.7), proptest::bool::weighted(0.7)),
+            0..4,
+        ),
+        proptest::collection::btree_map((0u8..2, 0u8..4), 0u8..4, 0..4),
+    )
+        .prop_map(|(enabled, policies, agents, holders)| L2Parts {
+            enabled,
+            policies: policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, (eth_only, no_node, lbips))| L2Policy {
+                    name: format!("p{i}"),
+                    service_selector: None,
+                    node_selector: no_node.then(|| LabelSelector::from_labels([("x", "y")])),
+                    interfaces: eth_only.then(|| vec![InterfaceRegex::new("^eth").unwrap()]),
+                    external_ips: true,
+                    load_balancer_ips: lbips,
+                })
+                .collect(),
+            agents: agents
+                .into_iter()
+                .map(|(n, (live, eth))| {
+                    (
+                        format!("n{n}"),
+                        AgentReport {
+                            live,
+                            up_interfaces: [if eth { "eth0" } else { "ens3" }.to_string()].into(),
+                        },
+                    )
+                })
+                .collect(),
+            holders: holders
+                .into_iter()
+                .map(|((ns, s), n)| (format!("ns{ns}/svc{s}"), format!("n{n}")))
+                .collect(),
+        })
+}
+
+#[derive(Debug, Clone)]
+struct L2Parts {
+    enabled: bool,
+    policies: Vec<crate::l2::L2Policy>,
+    agents: std::collections::BTreeMap<String, crate::cluster::AgentReport>,
+    holders: std::collections::BTreeMap<String, String>,
+}
+
+/// Policy inputs: a few rules about the empire and the alliance, pods on n0-n3.
+fn arb_policy() -> impl Strategy<Value = PolicyParts> {
+    use crate::policy::*;
+    use crate::selector::LabelSelector;
+    (
+        proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 0..3),
+        proptest::collection::vec((0u8..4, any::<bool>(), 0u8..4), 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(rules, pods, always)| PolicyParts {
+            rules: rules
+                .into_iter()
+                .map(|(deny, world, host)| {
+                    let peer = if world {
+                        Peer::Entity(Entity::World)
+                    } else {
+                        Peer::Endpoints(LabelSelector::from_labels([("org", "alliance")]))
+                    };
+                    let rule = PeerRule {
+                        peers: Some(vec![peer]),
+                        ports: vec![PortMatch {
+                            proto: Some(L4Proto::Tcp),
+                            port: 80,
+                            end_port: None,
+                        }],
+                    };
+                    PolicyRule {
+                        policy: format!("r{deny}{world}{host}"),
+                        subject: if host {
+                            Subject::Nodes(LabelSelector::everything())
+                        } else {
+                            Subject::Endpoints(LabelSelector::from_labels([("org", "empire")]))
+                        },
+                        ingress: if deny { vec![] } else { vec![rule.clone()] },
+                        ingress_deny: if deny { vec![rule] } else { vec![] },
+                        egress: vec![],
+                        egress_deny: vec![],
+                        default_deny_ingress: None,
+                        default_deny_egress: None,
+                    }
+                })
+                .collect(),
+            pods: pods
+                .into_iter()
+                .enumerate()
+                .map(|(i, (node, empire, ip))| PolicyPod {
+                    namespace: "default".into(),
+                    name: format!("pod{i}"),
+                    ip: Ipv4Addr::new(10, 244, node, 10 + ip),
+                    node: format!("n{node}"),
+                    labels: [(
+                        "org".to_string(),
+                        if empire { "empire" } else { "alliance" }.to_string(),
+                    )]
+                    .into(),
+                    namespace_labels: Default::default(),
+                })
+                .collect(),
+            env: PolicyEnv {
+                mode: if always {
+                    EnforcementMode::Always
+                } else {
+                    EnforcementMode::Default
+                },
+                host_firewall: true,
+                ..Default::default()
+            },
+        })
+}
+
+#[derive(Debug, Clone)]
+struct PolicyParts {
+    rules: Vec<crate::policy::PolicyRule>,
+    pods: Vec<crate::policy::PolicyPod>,
+    env: crate::policy::PolicyEnv,
+}
+
 /// Small clusters where things collide often: nodes n0-n3 sharing few addresses and CIDRs,
-/// Services svc0-svc3 in two namespaces, slices that come and go, settings that flip.
+/// Services svc0-svc3 in two namespaces, slices that come and go, settings that flip, L2
+/// announcement and policy inputs.
 pub fn arb_cluster() -> impl Strategy<Value = ClusterState> {
+    (arb_cluster_base(), arb_l2(), arb_policy()).prop_map(|(mut c, l2, pol)| {
+        c.datapath.l2_announcements = l2.enabled;
+        c.l2_policies = l2.policies;
+        c.agents = l2.agents;
+        c.l2_holders = l2.holders;
+        c.policies = pol.rules;
+        c.pods = pol.pods;
+        c.policy_env = pol.env;
+        c
+    })
+}
+
+fn arb_cluster_base() -> impl Strategy<Value = ClusterState> {
     (
         proptest::collection::vec((0u8..4, 2u8..5, proptest::option::of(0u8..4)), 1..5),
         any::<bool>(),
@@ -264,6 +414,7 @@ pub fn arb_cluster() -> impl Strategy<Value = ClusterState> {
                 services,
                 endpoint_slices,
                 datapath,
+                ..Default::default()
             },
         )
 }

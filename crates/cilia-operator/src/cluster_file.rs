@@ -99,20 +99,17 @@ pub async fn watch_file(
 
 /// Applies every new cluster state to the index until the source closes or `drain` turns.
 pub async fn feed_index(
-    mut rx: watch::Receiver<Arc<ClusterState>>,
+    rx: watch::Receiver<Arc<ClusterState>>,
     index: crate::SharedIndex,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) {
-    loop {
-        let state = rx.borrow_and_update().clone();
-        let changed = index.lock().unwrap().apply(&state);
-        if !changed.is_empty() {
-            let shown: Vec<_> = changed.iter().take(8).collect();
-            info!(count = changed.len(), nodes = ?shown, "node intents changed");
-        }
-        tokio::select! {
-            _ = drain.changed() => return,
-            r = rx.changed() => if r.is_err() { return },
-        }
-    }
+    // Without agents to report presence: what tests and benchmarks that run no L2 need.
+    crate::intents::feed::run(
+        rx,
+        index,
+        Arc::new(crate::intents::agents::Agents::default()),
+        watch::Sender::new(crate::intents::feed::L2Holders::default()),
+        drain,
+    )
+    .await
 }

@@ -53,7 +53,7 @@ pub fn compile(p: &CiliumL2AnnouncementPolicy) -> CompiledPolicy {
         let mut ok = Vec::new();
         for (i, pattern) in patterns.iter().enumerate() {
             match Regex::new(pattern) {
-                Ok(re) => ok.push(re),
+                Ok(re) => ok.push(cilia_model::l2::InterfaceRegex(re)),
                 Err(e) => errors.push(L2PolicyError::InterfaceRegex {
                     path: format!("spec.interfaces[{i}]"),
                     value: pattern.clone(),

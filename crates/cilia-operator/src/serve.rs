@@ -94,6 +94,7 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::C
 /// channel of later ones, and the source's tasks.
 async fn start_source(
     source: &Source,
+    holders: watch::Receiver<crate::intents::feed::L2Holders>,
     drain: &watch::Receiver<bool>,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<
@@ -154,6 +155,13 @@ async fn start_source(
                 leader_rx.clone(),
                 drain.clone(),
             )));
+            tasks.push(tokio::spawn(crate::k8s::l2_leases::run(
+                client.clone(),
+                options.config_namespace.clone(),
+                holders,
+                leader_rx.clone(),
+                drain.clone(),
+            )));
             let (opt_tx, mut opt_rx) = watch::channel(None);
             tasks.push(tokio::spawn(source::run(
                 client,
@@ -200,8 +208,9 @@ pub async fn run(
     let (drain_tx, drain) = watch::channel(false);
     let shutdown = std::pin::pin!(shutdown);
     let mut shutdown = shutdown;
+    let (holders_tx, holders_rx) = watch::channel(crate::intents::feed::L2Holders::default());
     let Some((cluster_tx, cluster_rx, source_tasks)) =
-        start_source(&o.source, &drain, &mut shutdown).await?
+        start_source(&o.source, holders_rx, &drain, &mut shutdown).await?
     else {
         info!("shut down before the first cluster state");
         return Ok(());
@@ -218,9 +227,11 @@ pub async fn run(
     let metrics_listener = bind("the metrics endpoint", o.metrics_listen).await?;
     let listener = bind("the intent service", o.listen).await?;
     let tasks = [
-        tokio::spawn(cluster_file::feed_index(
+        tokio::spawn(crate::intents::feed::run(
             cluster_rx,
             index.clone(),
+            agents.clone(),
+            holders_tx,
             drain.clone(),
         )),
         tokio::spawn(crate::metrics::serve(

@@ -7,7 +7,13 @@ use std::net::Ipv4Addr;
 
 use std::sync::Arc;
 
-use cilia_model::delta::{Delta, Entry, EntryKey, Kind};
+use std::collections::{BTreeMap, BTreeSet};
+
+use cilia_model::delta::{
+    Delta, Entry, EntryKey, IdentityEntry, Kind, PolicyEndpointEntry, endpoint_key, endpoint_of_key,
+};
+use cilia_model::l2::L2Announcement;
+use cilia_model::policy::{Dir, EndpointPolicy, EndpointRef, EntryKey as PolicyKey, EntryVerdict};
 use cilia_model::service::{
     Acceleration, BackendIntent, DatapathConfig, FrontendIntent, FrontendKind, LbAlgorithm, LbMode,
     NoBackendResponse, Protocol, ServiceIntent, ServiceName,
@@ -65,6 +71,10 @@ pub fn kind_to_proto(k: Kind) -> v1::Kind {
         Kind::Route => v1::Kind::Route,
         Kind::Service => v1::Kind::Service,
         Kind::Datapath => v1::Kind::Datapath,
+        Kind::L2 => v1::Kind::L2,
+        Kind::Identity => v1::Kind::Identity,
+        Kind::PolicyEndpoint => v1::Kind::PolicyEndpoint,
+        Kind::PolicyRules => v1::Kind::PolicyRules,
     }
 }
 
@@ -74,6 +84,10 @@ pub fn kind_from_proto(field: &str, k: i32) -> Result<Kind, ProtoError> {
         Ok(v1::Kind::Route) => Ok(Kind::Route),
         Ok(v1::Kind::Service) => Ok(Kind::Service),
         Ok(v1::Kind::Datapath) => Ok(Kind::Datapath),
+        Ok(v1::Kind::L2) => Ok(Kind::L2),
+        Ok(v1::Kind::Identity) => Ok(Kind::Identity),
+        Ok(v1::Kind::PolicyEndpoint) => Ok(Kind::PolicyEndpoint),
+        Ok(v1::Kind::PolicyRules) => Ok(Kind::PolicyRules),
         _ => Err(bad(field, k.to_string(), "unknown kind")),
     }
 }
@@ -101,6 +115,28 @@ pub fn key_from_proto(field: &str, k: &v1::EntryKey) -> Result<EntryKey, ProtoEr
         }
         Kind::Datapath if !k.key.is_empty() => {
             return Err(bad(&kf(), truncated(&k.key), "the datapath key is empty"));
+        }
+        Kind::PolicyRules if !k.key.is_empty() => {
+            return Err(bad(&kf(), truncated(&k.key), "the policy rules key is empty"));
+        }
+        Kind::L2 => {
+            let vip = ip(&kf(), &k.key)?;
+            if vip.to_string() != k.key {
+                return Err(bad(&kf(), truncated(&k.key), "not a dotted quad"));
+            }
+        }
+        Kind::Identity => {
+            let c = cidr(&kf(), &k.key)?;
+            if c.to_string() != k.key {
+                return Err(bad(&kf(), truncated(&k.key), "not a canonical CIDR"));
+            }
+        }
+        Kind::PolicyEndpoint if endpoint_of_key(&k.key).is_none() => {
+            return Err(bad(
+                &kf(),
+                truncated(&k.key),
+                "not \"host\" or \"pod/<namespace>/<name>\"",
+            ));
         }
         _ => {}
     }
@@ -404,6 +440,9 @@ pub fn datapath_to_proto(d: &DatapathConfig) -> v1::DatapathConfig {
         l2_announcements: d.l2_announcements,
         policy_audit_mode: d.policy_audit_mode,
         devices: d.devices.clone(),
+        l2_lease_ms: d.l2_lease_ms,
+        l2_renew_deadline_ms: d.l2_renew_deadline_ms,
+        l2_retry_period_ms: d.l2_retry_period_ms,
     }
 }
 
@@ -420,14 +459,18 @@ pub fn datapath_from_proto(
             "the Maglev table needs entries",
         ));
     }
+    for (name, v) in [
+        ("l2_lease_ms", d.l2_lease_ms),
+        ("l2_renew_deadline_ms", d.l2_renew_deadline_ms),
+        ("l2_retry_period_ms", d.l2_retry_period_ms),
+    ] {
+        if v == 0 {
+            return Err(bad(&f(name), "0", "an L2 timing must be positive"));
+        }
+    }
     let mut devices = Vec::with_capacity(d.devices.len());
     for (i, dev) in d.devices.iter().enumerate() {
-        // IFNAMSIZ - 1, and what the kernel refuses in a name.
-        if dev.is_empty()
-            || dev.len() > 15
-            || dev.contains(['/', ':'])
-            || dev.chars().any(char::is_whitespace)
-        {
+        if !is_device_name(dev) {
             return Err(bad(
                 &f(&format!("devices[{i}]")),
                 truncated(dev),
@@ -478,8 +521,154 @@ pub fn datapath_from_proto(
             .collect::<Result<_, _>>()?,
         masq_link_local: d.masq_link_local,
         l2_announcements: d.l2_announcements,
+        l2_lease_ms: d.l2_lease_ms,
+        l2_renew_deadline_ms: d.l2_renew_deadline_ms,
+        l2_retry_period_ms: d.l2_retry_period_ms,
         policy_audit_mode: d.policy_audit_mode,
         devices,
+    })
+}
+
+/// Whether the kernel would take `s` as a device name (IFNAMSIZ - 1, no '/', ':' or space).
+fn is_device_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && !s.contains(['/', ':'])
+        && !s.chars().any(char::is_whitespace)
+}
+
+/// At most this many interfaces in one report or announcement.
+const MAX_INTERFACES: usize = 1024;
+
+fn device_set(field: &str, names: &[String]) -> Result<BTreeSet<String>, ProtoError> {
+    if names.len() > MAX_INTERFACES {
+        return Err(bad(field, names.len().to_string(), "too many interfaces"));
+    }
+    let mut out = BTreeSet::new();
+    for (i, n) in names.iter().enumerate() {
+        if !is_device_name(n) {
+            return Err(bad(
+                &format!("{field}[{i}]"),
+                truncated(n),
+                "not a device name",
+            ));
+        }
+        if !out.insert(n.clone()) {
+            return Err(bad(&format!("{field}[{i}]"), truncated(n), "listed twice"));
+        }
+    }
+    Ok(out)
+}
+
+fn l2_to_proto(a: &L2Announcement) -> v1::L2Announcement {
+    v1::L2Announcement {
+        vip: a.vip.to_string(),
+        namespace: a.service.namespace.clone(),
+        name: a.service.name.clone(),
+        interfaces: a.interfaces.iter().cloned().collect(),
+    }
+}
+
+fn l2_from_proto(field: &str, a: &v1::L2Announcement) -> Result<L2Announcement, ProtoError> {
+    let f = |n: &str| format!("{field}.{n}");
+    dns_label(&f("namespace"), &a.namespace)?;
+    dns_label(&f("name"), &a.name)?;
+    let interfaces = device_set(&f("interfaces"), &a.interfaces)?;
+    if interfaces.is_empty() {
+        return Err(bad(&f("interfaces"), "", "an announcement names its interfaces"));
+    }
+    Ok(L2Announcement {
+        vip: ip(&f("vip"), &a.vip)?,
+        service: ServiceName::new(&a.namespace, &a.name),
+        interfaces,
+    })
+}
+
+fn policy_endpoint_to_proto(e: &PolicyEndpointEntry) -> v1::PolicyEndpoint {
+    let p = &e.policy;
+    v1::PolicyEndpoint {
+        endpoint: endpoint_key(&e.endpoint),
+        ip: p.ip.map(|i| i.to_string()).unwrap_or_default(),
+        ingress_enforced: p.ingress_enforced,
+        egress_enforced: p.egress_enforced,
+        audit: p.audit,
+        entries: p
+            .entries
+            .iter()
+            .map(|(k, v)| v1::PolicyEntry {
+                direction: match k.dir {
+                    Dir::Ingress => v1::Direction::Ingress,
+                    Dir::Egress => v1::Direction::Egress,
+                } as i32,
+                identity: k.identity,
+                protocol: k.proto as u32,
+                port: k.port as u32,
+                port_bits: k.bits as u32,
+                deny: v.deny,
+                rule: v.rule,
+            })
+            .collect(),
+    }
+}
+
+fn policy_endpoint_from_proto(
+    field: &str,
+    e: &v1::PolicyEndpoint,
+) -> Result<PolicyEndpointEntry, ProtoError> {
+    let f = |n: &str| format!("{field}.{n}");
+    let endpoint = endpoint_of_key(&e.endpoint).ok_or_else(|| {
+        bad(
+            &f("endpoint"),
+            truncated(&e.endpoint),
+            "not \"host\" or \"pod/<namespace>/<name>\"",
+        )
+    })?;
+    let ip_addr = match (&endpoint, e.ip.as_str()) {
+        (EndpointRef::Host, "") => None,
+        (EndpointRef::Host, other) => {
+            return Err(bad(&f("ip"), truncated(other), "the host endpoint has no address"));
+        }
+        (EndpointRef::Pod(_), a) => Some(ip(&f("ip"), a)?),
+    };
+    let mut entries = BTreeMap::new();
+    for (i, x) in e.entries.iter().enumerate() {
+        let g = |n: &str| format!("{field}.entries[{i}].{n}");
+        let dir = match v1::Direction::try_from(x.direction) {
+            Ok(v1::Direction::Ingress) => Dir::Ingress,
+            Ok(v1::Direction::Egress) => Dir::Egress,
+            _ => return Err(bad(&g("direction"), x.direction.to_string(), "unknown direction")),
+        };
+        let proto = u8::try_from(x.protocol)
+            .map_err(|_| bad(&g("protocol"), x.protocol.to_string(), "not an IP protocol"))?;
+        let port = u16::try_from(x.port)
+            .map_err(|_| bad(&g("port"), x.port.to_string(), "not a port"))?;
+        if x.port_bits > 16 {
+            return Err(bad(&g("port_bits"), x.port_bits.to_string(), "at most 16"));
+        }
+        let key = PolicyKey {
+            dir,
+            identity: x.identity,
+            proto,
+            port,
+            bits: x.port_bits as u8,
+        };
+        let verdict = EntryVerdict {
+            deny: x.deny,
+            rule: x.rule,
+        };
+        if entries.insert(key, verdict).is_some() {
+            return Err(bad(&format!("{field}.entries[{i}]"), format!("{key:?}"), "listed twice"));
+        }
+    }
+    Ok(PolicyEndpointEntry {
+        endpoint,
+        policy: EndpointPolicy {
+            ip: ip_addr,
+            ingress_enforced: e.ingress_enforced,
+            egress_enforced: e.egress_enforced,
+            audit: e.audit,
+            entries,
+        },
     })
 }
 
@@ -505,6 +694,13 @@ pub fn entry_to_proto(e: &Entry) -> v1::Entry {
         }),
         Entry::Service(s) => E::Service(service_to_proto(s)),
         Entry::Datapath(d) => E::Datapath(datapath_to_proto(d)),
+        Entry::L2(a) => E::L2(l2_to_proto(a)),
+        Entry::Identity(i) => E::Identity(v1::Identity {
+            cidr: i.cidr.to_string(),
+            identity: i.identity,
+        }),
+        Entry::PolicyEndpoint(p) => E::PolicyEndpoint(policy_endpoint_to_proto(p)),
+        Entry::PolicyRules(r) => E::PolicyRules(v1::PolicyRules { names: r.clone() }),
     };
     v1::Entry { entry: Some(inner) }
 }
@@ -551,6 +747,25 @@ pub fn entry_from_proto(field: &str, e: &v1::Entry) -> Result<Entry, ProtoError>
             &format!("{field}.datapath"),
             d,
         )?)),
+        Some(E::L2(a)) => Ok(Entry::L2(l2_from_proto(&format!("{field}.l2"), a)?)),
+        Some(E::Identity(i)) => Ok(Entry::Identity(IdentityEntry {
+            cidr: cidr(&format!("{field}.identity.cidr"), &i.cidr)?,
+            identity: i.identity,
+        })),
+        Some(E::PolicyEndpoint(p)) => Ok(Entry::PolicyEndpoint(policy_endpoint_from_proto(
+            &format!("{field}.policy_endpoint"),
+            p,
+        )?)),
+        Some(E::PolicyRules(r)) => {
+            if r.names.is_empty() {
+                return Err(bad(
+                    &format!("{field}.policy_rules.names"),
+                    "",
+                    "an empty rule list is sent as a delete",
+                ));
+            }
+            Ok(Entry::PolicyRules(r.names.clone()))
+        }
     }
 }
 
@@ -599,6 +814,15 @@ pub fn snapshot_to_proto(version: u64, intent: &cilia_model::NodeIntent) -> v1::
         });
     }
     entries.push(entry_to_proto(&Entry::Datapath(intent.datapath.clone())));
+    // Few next to the Services: through the keyed form.
+    for (k, e) in intent.entries() {
+        if matches!(
+            k.kind,
+            Kind::L2 | Kind::Identity | Kind::PolicyEndpoint | Kind::PolicyRules
+        ) {
+            entries.push(entry_to_proto(&e));
+        }
+    }
     v1::Snapshot { version, entries }
 }
 
@@ -659,6 +883,8 @@ pub struct Hello {
     pub agent_version: String,
     /// The version and digest of the intent the agent holds; `None` when it holds nothing.
     pub held: Option<(u64, IntentDigest)>,
+    /// The node's interfaces that are up with carrier.
+    pub up_interfaces: BTreeSet<String>,
 }
 
 /// What an agent may send, validated.
@@ -666,7 +892,11 @@ pub struct Hello {
 pub enum AgentMessage {
     Hello(Hello),
     Ack { version: u64 },
-    Heartbeat { unix_millis: u64 },
+    Heartbeat {
+        unix_millis: u64,
+        /// The node's interfaces that are up with carrier.
+        up_interfaces: BTreeSet<String>,
+    },
     Resync { reason: String },
 }
 
@@ -678,11 +908,16 @@ pub fn agent_message_to_proto(m: &AgentMessage) -> v1::AgentMessage {
             agent_version: h.agent_version.clone(),
             last_applied_version: h.held.map(|(v, _)| v).unwrap_or(0),
             intent_digest: h.held.map(|(_, d)| d.to_string()).unwrap_or_default(),
+            up_interfaces: h.up_interfaces.iter().cloned().collect(),
         }),
         AgentMessage::Ack { version } => Msg::Ack(v1::Ack { version: *version }),
-        AgentMessage::Heartbeat { unix_millis } => Msg::Heartbeat(v1::Heartbeat {
+        AgentMessage::Heartbeat {
+            unix_millis,
+            up_interfaces,
+        } => Msg::Heartbeat(v1::Heartbeat {
             unix_millis: *unix_millis,
             intent_version: 0,
+            up_interfaces: up_interfaces.iter().cloned().collect(),
         }),
         AgentMessage::Resync { reason } => Msg::Resync(v1::ResyncRequest {
             reason: reason.clone(),
@@ -732,6 +967,7 @@ pub fn agent_message_from_proto(m: &v1::AgentMessage) -> Result<AgentMessage, Pr
                 node,
                 agent_version: h.agent_version.clone(),
                 held,
+                up_interfaces: device_set("hello.up_interfaces", &h.up_interfaces)?,
             }))
         }
         Some(Msg::Ack(a)) => Ok(AgentMessage::Ack {
@@ -739,6 +975,7 @@ pub fn agent_message_from_proto(m: &v1::AgentMessage) -> Result<AgentMessage, Pr
         }),
         Some(Msg::Heartbeat(h)) => Ok(AgentMessage::Heartbeat {
             unix_millis: h.unix_millis,
+            up_interfaces: device_set("heartbeat.up_interfaces", &h.up_interfaces)?,
         }),
         Some(Msg::Resync(r)) => {
             if r.reason.len() > MAX_REASON_LEN {
@@ -793,6 +1030,7 @@ pub fn heartbeat_update(unix_millis: u64, intent_version: u64) -> v1::IntentUpda
         msg: Some(v1::intent_update::Msg::Heartbeat(v1::Heartbeat {
             unix_millis,
             intent_version,
+            up_interfaces: Vec::new(),
         })),
     }
 }
@@ -960,6 +1198,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 last_applied_version: v,
                 intent_digest: digest.into(),
+                up_interfaces: vec![],
             })),
         }
     }
@@ -973,14 +1212,19 @@ mod tests {
                 node: "worker".into(),
                 agent_version: "0.1.0".into(),
                 held: Some((3, d)),
+                up_interfaces: ["eth0".to_string(), "eth1".into()].into(),
             }),
             AgentMessage::Hello(Hello {
                 node: "worker2".into(),
                 agent_version: String::new(),
                 held: None,
+                up_interfaces: BTreeSet::new(),
             }),
             AgentMessage::Ack { version: 9 },
-            AgentMessage::Heartbeat { unix_millis: 1 },
+            AgentMessage::Heartbeat {
+                unix_millis: 1,
+                up_interfaces: ["eth0".to_string()].into(),
+            },
             AgentMessage::Resync {
                 reason: "gap".into(),
             },
@@ -1157,9 +1401,146 @@ mod tests {
             non_masquerade_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
             masq_link_local: true,
             l2_announcements: true,
+            l2_lease_ms: 900,
+            l2_renew_deadline_ms: 700,
+            l2_retry_period_ms: 50,
             policy_audit_mode: true,
             devices: vec!["eth0".into()],
         }
+    }
+
+    fn policy_entries() -> Vec<Entry> {
+        let mut table = BTreeMap::new();
+        table.insert(
+            PolicyKey {
+                dir: Dir::Ingress,
+                identity: 4242,
+                proto: 6,
+                port: 80,
+                bits: 16,
+            },
+            EntryVerdict { deny: false, rule: 0 },
+        );
+        table.insert(
+            PolicyKey {
+                dir: Dir::Egress,
+                identity: 2,
+                proto: 0,
+                port: 0,
+                bits: 0,
+            },
+            EntryVerdict { deny: true, rule: 1 },
+        );
+        vec![
+            Entry::L2(L2Announcement {
+                vip: Ipv4Addr::new(172, 18, 250, 0),
+                service: ServiceName::new("default", "deathstar-lb"),
+                interfaces: ["eth0".to_string()].into(),
+            }),
+            Entry::Identity(IdentityEntry {
+                cidr: "10.244.1.0/24".parse().unwrap(),
+                identity: 4242,
+            }),
+            Entry::PolicyEndpoint(PolicyEndpointEntry {
+                endpoint: EndpointRef::Pod("default/deathstar-1".into()),
+                policy: EndpointPolicy {
+                    ip: Some(Ipv4Addr::new(10, 244, 1, 5)),
+                    ingress_enforced: true,
+                    egress_enforced: false,
+                    audit: true,
+                    entries: table,
+                },
+            }),
+            Entry::PolicyEndpoint(PolicyEndpointEntry {
+                endpoint: EndpointRef::Host,
+                policy: EndpointPolicy::default(),
+            }),
+            Entry::PolicyRules(vec!["rule1".into(), "rule2/specs[1]".into()]),
+        ]
+    }
+
+    // L2 announcements and policy entries survive the wire unchanged, alone and in a snapshot.
+    #[test]
+    fn l2_and_policy_entries_round_trip() {
+        for e in policy_entries() {
+            assert_eq!(entry_from_proto("e", &entry_to_proto(&e)).unwrap(), e);
+            let k = e.key();
+            assert_eq!(key_from_proto("k", &key_to_proto(&k)).unwrap(), k);
+        }
+        let mut all = vec![Entry::Node(facts())];
+        all.extend(policy_entries());
+        let intent = cilia_model::NodeIntent::from_entries(&all).unwrap();
+        assert_eq!(intent.l2.len(), 1);
+        assert_eq!(intent.policy.endpoints.len(), 2);
+        let back = snapshot_from_proto(&snapshot_to_proto(4, &intent)).unwrap();
+        assert_eq!(back, intent);
+    }
+
+    // Bad L2 and policy fields are refused, naming the field.
+    #[test]
+    fn bad_l2_and_policy_fields_are_named() {
+        let entries = policy_entries();
+        let l2_with = |f: &dyn Fn(&mut v1::L2Announcement)| {
+            let mut e = entry_to_proto(&entries[0]);
+            if let Some(v1::entry::Entry::L2(a)) = &mut e.entry {
+                f(a);
+            }
+            entry_from_proto("u[0]", &e).unwrap_err().field
+        };
+        assert_eq!(
+            l2_with(&|a| a.interfaces = vec!["eth0".into(), "bad/name".into()]),
+            "u[0].l2.interfaces[1]"
+        );
+        assert_eq!(l2_with(&|a| a.interfaces = vec![]), "u[0].l2.interfaces");
+        assert_eq!(l2_with(&|a| a.vip = "x".into()), "u[0].l2.vip");
+        let ep_with = |f: &dyn Fn(&mut v1::PolicyEndpoint)| {
+            let mut e = entry_to_proto(&entries[2]);
+            if let Some(v1::entry::Entry::PolicyEndpoint(p)) = &mut e.entry {
+                f(p);
+            }
+            entry_from_proto("u[1]", &e).unwrap_err().field
+        };
+        assert_eq!(
+            ep_with(&|p| p.entries[0].port_bits = 17),
+            "u[1].policy_endpoint.entries[0].port_bits"
+        );
+        assert_eq!(
+            ep_with(&|p| p.entries[0].protocol = 300),
+            "u[1].policy_endpoint.entries[0].protocol"
+        );
+        assert_eq!(
+            ep_with(&|p| p.endpoint = "pod/nonamespace".into()),
+            "u[1].policy_endpoint.endpoint"
+        );
+        assert_eq!(ep_with(&|p| p.ip = String::new()), "u[1].policy_endpoint.ip");
+
+        for (kind, key) in [
+            (v1::Kind::L2, "172.18.250.300"),
+            (v1::Kind::L2, "172.018.250.1"),
+            (v1::Kind::Identity, "10.244.1.1/24"),
+            (v1::Kind::PolicyEndpoint, "pod/x"),
+            (v1::Kind::PolicyRules, "x"),
+        ] {
+            let k = v1::EntryKey {
+                kind: kind as i32,
+                key: key.into(),
+            };
+            let err = key_from_proto("d[0]", &k).unwrap_err();
+            assert_eq!(err.field, "d[0].key", "{kind:?} {key}: {err}");
+        }
+        let mut hb = agent_message_to_proto(&AgentMessage::Heartbeat {
+            unix_millis: 1,
+            up_interfaces: BTreeSet::new(),
+        });
+        if let Some(v1::agent_message::Msg::Heartbeat(h)) = &mut hb.msg {
+            h.up_interfaces = vec!["eth0".into(), "eth0".into()];
+        }
+        let err = agent_message_from_proto(&hb).unwrap_err();
+        assert_eq!(err.field, "heartbeat.up_interfaces[1]", "{err}");
+        let mut d = datapath_to_proto(&datapath());
+        d.l2_lease_ms = 0;
+        let err = datapath_from_proto("dp", &d).unwrap_err();
+        assert_eq!(err.field, "dp.l2_lease_ms", "{err}");
     }
 
     // Services (every frontend kind, terminating and host-network backends, affinity) and the

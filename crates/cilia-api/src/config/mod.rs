@@ -628,8 +628,13 @@ pub(crate) fn parse_cidr_lenient(
     }
 }
 
+#[cfg(test)]
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
+}
+
+fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
 }
 
 fn read(r: &mut Reader<'_>) -> CiliumConfig {
@@ -951,12 +956,16 @@ fn read_l2(r: &mut Reader<'_>) -> L2AnnouncementConfig {
         "l2-announcements-renew-deadline",
         "l2-announcements-retry-period",
     );
-    let mut duration = r.duration(dk, secs(15));
-    let mut renew = r.duration(rk, secs(5));
-    let mut retry = r.duration(pk, secs(2));
-    if duration < SECOND {
-        clamp(r, dk, duration, SECOND, "lease duration is at least 1s");
-        duration = SECOND;
+    // Not Cilium's 15s / 5s / 2s: there every renewal is a Lease write per Service, so leases
+    // must be long; here renewals are heartbeats on the intent stream, and the lease bounds how
+    // long a dead agent's node may still answer ARP (the failover time). Hence no 1s floor.
+    const MIN_LEASE: i128 = 100_000_000;
+    let mut duration = r.duration(dk, millis(400));
+    let mut renew = r.duration(rk, millis(300));
+    let mut retry = r.duration(pk, millis(100));
+    if duration < MIN_LEASE {
+        clamp(r, dk, duration, MIN_LEASE, "lease duration is at least 100ms");
+        duration = MIN_LEASE;
     }
     if renew < 1 {
         clamp(r, rk, renew, SECOND, "renew deadline must be positive");
@@ -1163,7 +1172,10 @@ mod tests {
         assert_eq!(c.tunnel_port(), 8472);
         assert_eq!(c.masquerading(), Masquerading::Iptables);
         assert_eq!(c.load_balancer.maglev_table_size, 16381);
-        assert_eq!(c.l2_announcements.lease_duration, secs(15));
+        // Not Cilium's: failover is bounded by the lease, and renewals cost no API writes.
+        assert_eq!(c.l2_announcements.lease_duration, Duration::from_millis(400));
+        assert_eq!(c.l2_announcements.renew_deadline, Duration::from_millis(300));
+        assert_eq!(c.l2_announcements.retry_period, Duration::from_millis(100));
         assert_eq!(c.node_port.range, (30000, 32767));
         assert_eq!(c.ipam, IpamMode::ClusterPool);
         assert_eq!(c.policy_enforcement, PolicyEnforcement::Default);
@@ -1189,18 +1201,28 @@ mod tests {
         let p = cfg(&[
             ("kube-proxy-replacement", "true"),
             ("enable-l2-announcements", "true"),
-            ("l2-announcements-lease-duration", "500ms"),
+            ("l2-announcements-lease-duration", "50ms"),
             ("l2-announcements-renew-deadline", "3s"),
             ("l2-announcements-retry-period", "0"),
         ])
         .unwrap();
         let l2 = &p.config.l2_announcements;
-        assert_eq!(l2.lease_duration, secs(1));
-        assert_eq!(l2.renew_deadline, Duration::from_millis(500));
-        // retry 0 → 200ms, then 500ms <= 1.2 × 200ms is false, so it stays.
-        assert_eq!(l2.retry_period, Duration::from_millis(200));
+        // Cilium's floor is 1s; ours is 100ms (the lease is the failover bound).
+        assert_eq!(l2.lease_duration, Duration::from_millis(100));
+        assert_eq!(l2.renew_deadline, Duration::from_millis(50));
+        // retry 0 → 200ms, then 50ms <= 1.2 × 200ms: halved from the renew deadline.
+        assert_eq!(l2.retry_period, Duration::from_millis(25));
         let text: Vec<_> = p.warnings.iter().map(|w| w.to_string()).collect();
-        assert!(text.contains(&"l2-announcements-lease-duration: \"500ms\" is out of range; using 1s (lease duration is at least 1s)".to_string()), "{text:?}");
+        assert!(text.contains(&"l2-announcements-lease-duration: \"50ms\" is out of range; using 100ms (lease duration is at least 100ms)".to_string()), "{text:?}");
+        // Cilium's own defaults, written out, are taken as they are.
+        let p = cfg(&[
+            ("l2-announcements-lease-duration", "15s"),
+            ("l2-announcements-renew-deadline", "5s"),
+            ("l2-announcements-retry-period", "2s"),
+        ])
+        .unwrap();
+        assert_eq!(p.config.l2_announcements.lease_duration, secs(15));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
         assert!(
             text.iter()
                 .any(|w| w.starts_with("l2-announcements-renew-deadline: \"3s\"")),
@@ -1211,9 +1233,10 @@ mod tests {
     #[test]
     fn retry_period_too_close_to_renew_is_halved() {
         let p = cfg(&[("l2-announcements-retry-period", "5s")]).unwrap();
+        // Half the (default) 300ms renew deadline.
         assert_eq!(
             p.config.l2_announcements.retry_period,
-            Duration::from_millis(2500)
+            Duration::from_millis(150)
         );
     }
 

@@ -207,3 +207,28 @@ fn timing_of_one_endpoint_change_at_scale() {
         );
     }
 }
+
+// The generated clusters do exercise L2 announcements and policy (else the equivalence above
+// would prove little about them).
+#[test]
+fn generated_clusters_announce_and_enforce() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut l2, mut pol) = (0, 0);
+    for _ in 0..300 {
+        let c = crate::testgen::arb_cluster()
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let mut ci = ClusterIntents::new();
+        ci.update(&c);
+        l2 += ci.intents().values().filter(|i| !i.l2.is_empty()).count();
+        pol += ci
+            .intents()
+            .values()
+            .filter(|i| !i.policy.endpoints.is_empty())
+            .count();
+    }
+    assert!(l2 > 10, "intents with L2 announcements: {l2}");
+    assert!(pol > 20, "intents with enforced endpoints: {pol}");
+}

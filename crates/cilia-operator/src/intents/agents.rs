@@ -64,6 +64,8 @@ pub struct AgentRecord {
 #[derive(Default)]
 pub struct Agents {
     nodes: Mutex<BTreeMap<String, AgentRecord>>,
+    /// Liveness and interfaces for L2 announcements.
+    pub presence: super::presence::Presence,
     /// Encoded bytes of snapshots and deltas sent (heartbeats not included).
     pub intent_bytes_sent: AtomicU64,
     pub heartbeat_bytes_sent: AtomicU64,

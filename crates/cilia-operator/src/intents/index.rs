@@ -197,6 +197,13 @@ impl IntentIndex {
             .collect()
     }
 
+    /// The L2 announcer of every announced Service, as of the last `apply`.
+    pub fn l2_choices(
+        &self,
+    ) -> &BTreeMap<cilia_model::service::ServiceName, cilia_model::l2::L2Choice> {
+        self.intents.l2_choices()
+    }
+
     /// `node`'s current view.
     pub fn view(&self, node: &str) -> Option<NodeView> {
         self.nodes.get(node).map(|tx| tx.borrow().clone())

@@ -172,6 +172,9 @@ impl IntentService for IntentServer {
         let node = hello.node.clone();
         let (rx, sent) = self.index.lock().unwrap().resume(&node, hello.held);
         self.agents.connected(&node);
+        self.agents
+            .presence
+            .connected(&node, hello.up_interfaces.clone());
         if let Some(s) = &sent {
             // The agent holds the current intent: that is as good as an ack.
             self.agents.acked(&node, s.version);
@@ -202,6 +205,13 @@ impl IntentService for IntentServer {
     }
 }
 
+/// The stream timings in force.
+struct Timing {
+    heartbeat: Duration,
+    timeout: Duration,
+    lease_ms: u32,
+}
+
 /// One agent's stream after its hello.
 struct NodeStream {
     node: String,
@@ -228,12 +238,41 @@ impl NodeStream {
             info!(node = %self.node, reason = reason.label(), "stream ended");
         }
         self.agents.disconnected(&self.node);
+        // From now on the operator says nothing to this agent: what it announces lapses within
+        // one lease, and only then may another node take its VIPs.
+        let lease = Duration::from_millis(self.l2_timing().lease_ms as u64);
+        self.agents
+            .presence
+            .disconnected(&self.node, Instant::now(), lease);
         self.agents.ended(reason);
     }
 
+    /// Heartbeat interval, agent timeout and lease: L2 announcements need them short (their
+    /// failover rests on them), so while they are on, the node's intent sets them.
+    fn l2_timing(&self) -> Timing {
+        let v = self.rx.borrow();
+        let dp = v.intent.as_ref().map(|p| &p.intent.datapath);
+        let defaults = cilia_model::service::DatapathConfig::default();
+        let dp = dp.unwrap_or(&defaults);
+        if dp.l2_announcements {
+            Timing {
+                heartbeat: Duration::from_millis(dp.l2_retry_period_ms as u64)
+                    .min(self.config.heartbeat_interval),
+                timeout: Duration::from_millis(dp.l2_renew_deadline_ms as u64)
+                    .min(self.config.agent_timeout),
+                lease_ms: dp.l2_lease_ms,
+            }
+        } else {
+            Timing {
+                heartbeat: self.config.heartbeat_interval,
+                timeout: self.config.agent_timeout,
+                lease_ms: dp.l2_lease_ms,
+            }
+        }
+    }
+
     async fn serve(&mut self) -> (EndReason, Option<Status>) {
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_beat = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -256,15 +295,16 @@ impl NodeStream {
                     Err(e) if is_disconnect(&e) => return (EndReason::AgentGone, None),
                     Err(e) => return (EndReason::InvalidArgument, Some(undecodable(&e))),
                 },
-                _ = heartbeat.tick() => {
-                    if self.last_heard.elapsed() > self.config.agent_timeout {
-                        // Hook: once L2 announcements exist, this node's are withdrawn here — its
-                        // lease lapses and another node takes over the VIPs it answered for.
+                _ = tokio::time::sleep_until(next_beat) => {
+                    let timing = self.l2_timing();
+                    next_beat = tokio::time::Instant::now() + timing.heartbeat;
+                    if self.last_heard.elapsed() > timing.timeout {
+                        // The node's L2 announcements lapse from here (see `run`).
                         return (
                             EndReason::Silent,
                             Some(Status::deadline_exceeded(format!(
                                 "no heartbeat or ack from node {} for {:?}",
-                                self.node, self.config.agent_timeout
+                                self.node, timing.timeout
                             ))),
                         );
                     }
@@ -316,7 +356,10 @@ impl NodeStream {
                 debug!(node = %self.node, version, "ack");
                 self.agents.acked(&self.node, version);
             }
-            AgentMessage::Heartbeat { .. } => self.agents.seen(&self.node),
+            AgentMessage::Heartbeat { up_interfaces, .. } => {
+                self.agents.seen(&self.node);
+                self.agents.presence.interfaces(&self.node, up_interfaces);
+            }
             AgentMessage::Resync { reason } => {
                 warn!(node = %self.node, reason = %reason.chars().take(200).collect::<String>(), "agent asks for a resync; sending a snapshot");
                 self.agents.resync_requested(&self.node);

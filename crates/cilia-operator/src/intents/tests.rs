@@ -312,27 +312,36 @@ struct Served {
     addr: std::net::SocketAddr,
     bundle: Bundle,
     cluster: watch::Sender<Arc<ClusterState>>,
+    index: crate::SharedIndex,
+    holders: watch::Receiver<super::feed::L2Holders>,
     agents: Arc<Agents>,
     drain: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
 }
 
 async fn serve(bundle: Bundle) -> Served {
+    serve_state(bundle, lab()).await
+}
+
+async fn serve_state(bundle: Bundle, state: ClusterState) -> Served {
     let index = IntentIndex::shared();
-    let (cluster, cluster_rx) = watch::channel(Arc::new(lab()));
+    let (cluster, cluster_rx) = watch::channel(Arc::new(state));
     let (drain, drain_rx) = watch::channel(false);
-    tokio::spawn(crate::cluster_file::feed_index(
+    let agents = Arc::new(Agents::default());
+    let (holders_tx, holders) = watch::channel(super::feed::L2Holders::default());
+    tokio::spawn(super::feed::run(
         cluster_rx,
         index.clone(),
+        agents.clone(),
+        holders_tx,
         drain_rx.clone(),
     ));
-    let agents = Arc::new(Agents::default());
     let config = StreamConfig {
         heartbeat_interval: Duration::from_millis(200),
         agent_timeout: Duration::from_secs(5),
         hello_timeout: Duration::from_secs(2),
     };
-    let server = IntentServer::new(index, agents.clone(), config, drain_rx.clone());
+    let server = IntentServer::new(index.clone(), agents.clone(), config, drain_rx.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = TlsFiles {
@@ -353,6 +362,8 @@ async fn serve(bundle: Bundle) -> Served {
         addr,
         bundle,
         cluster,
+        index,
+        holders,
         agents,
         drain,
         handle,
@@ -403,6 +414,7 @@ fn hello(node: &str, held: Option<(u64, cilia_model::IntentDigest)>) -> Hello {
         node: node.into(),
         agent_version: "test".into(),
         held,
+        up_interfaces: ["eth0".to_string()].into(),
     }
 }
 
@@ -419,6 +431,174 @@ async fn next_intent(u: &mut Updates) -> WireUpdate {
             other => return other,
         }
     }
+}
+
+/// The lab with L2 announcements on, the seed policy (never the control plane, `^eth[0-9]+`) and
+/// one LoadBalancer Service holding 172.18.250.0.
+fn l2_lab() -> ClusterState {
+    use cilia_model::l2::{InterfaceRegex, L2Policy};
+    use cilia_model::selector::{LabelSelector, LabelSelectorOperator, LabelSelectorRequirement};
+    const CP: &str = "node-role.kubernetes.io/control-plane";
+    let mut c = lab();
+    c.nodes[0].labels.insert(CP.into(), String::new());
+    c.datapath.l2_announcements = true;
+    c.l2_policies = vec![L2Policy {
+        name: "l2-policy".into(),
+        service_selector: None,
+        node_selector: Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: CP.into(),
+                operator: LabelSelectorOperator::DoesNotExist,
+                values: None,
+            }]),
+        }),
+        interfaces: Some(vec![InterfaceRegex::new("^eth[0-9]+").unwrap()]),
+        external_ips: true,
+        load_balancer_ips: true,
+    }];
+    c.services = vec![ServiceInfo {
+        namespace: "default".into(),
+        name: "deathstar-lb".into(),
+        service_type: ServiceType::LoadBalancer,
+        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 20)],
+        external_ips: vec![],
+        load_balancer_ips: vec![Ipv4Addr::new(172, 18, 250, 0)],
+        ports: vec![ServicePortInfo {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            target_port: None,
+        }],
+        external_traffic_local: false,
+        internal_traffic_local: false,
+        session_affinity_timeout: None,
+        load_balancer_class: None,
+        forwarding_mode: None,
+        algorithm: None,
+        labels: Default::default(),
+    }];
+    c
+}
+
+/// A fake agent that heartbeats with `up` interfaces every 50 ms and drains what it is sent.
+/// Dropping the handle (abort) is the agent dying: its connection closes.
+async fn l2_agent(s: &Served, node: &str, up: &[&str]) -> tokio::task::JoinHandle<()> {
+    let ch = channel(s, &s.bundle.ca_pem, Some(node), &s.bundle)
+        .await
+        .unwrap();
+    let up: std::collections::BTreeSet<String> = up.iter().map(|s| s.to_string()).collect();
+    let mut h = hello(node, None);
+    h.up_interfaces = up.clone();
+    let (tx, mut updates) = subscribe(ch, h).await.unwrap();
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                m = updates.message() => if !matches!(m, Ok(Some(_))) { return },
+                _ = beat.tick() => {
+                    let hb = AgentMessage::Heartbeat { unix_millis: 1, up_interfaces: up.clone() };
+                    if tx.send(agent_message_to_proto(&hb)).await.is_err() { return }
+                }
+            }
+        }
+    })
+}
+
+/// The nodes whose intent announces `vip`.
+fn announcers(s: &Served, vip: Ipv4Addr) -> Vec<String> {
+    let idx = s.index.lock().unwrap();
+    ["control-plane", "worker", "worker2"]
+        .into_iter()
+        .filter(|n| {
+            idx.view(n)
+                .and_then(|v| v.intent)
+                .is_some_and(|p| p.intent.l2.contains_key(&vip))
+        })
+        .map(String::from)
+        .collect()
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// One live worker announces the VIP; when its agent dies nobody announces it for one lease (the
+// dead node's responder may still answer that long), then the other worker does. An interface
+// losing carrier moves the VIP at once (that node cannot answer on it). The holder is published
+// for the Leases throughout.
+#[tokio::test]
+async fn l2_failover_waits_out_the_dead_nodes_lease() {
+    let vip = Ipv4Addr::new(172, 18, 250, 0);
+    let s = serve_state(bundle(), l2_lab()).await;
+    assert!(announcers(&s, vip).is_empty(), "no live agent yet");
+    let w1 = l2_agent(&s, "worker", &["eth0", "cilia_host"]).await;
+    let w2 = l2_agent(&s, "worker2", &["eth0"]).await;
+    wait_for("one announcer", || announcers(&s, vip).len() == 1).await;
+    let first = announcers(&s, vip).remove(0);
+    assert_ne!(first, "control-plane");
+    assert_eq!(
+        s.holders.borrow().holders.get("default/deathstar-lb"),
+        Some(&first)
+    );
+    let (dying, other) = if first == "worker" { (w1, w2) } else { (w2, w1) };
+    let died = std::time::Instant::now();
+    dying.abort();
+    wait_for("the dead node's announcement withdrawn", || {
+        announcers(&s, vip).is_empty()
+    })
+    .await;
+    assert_eq!(
+        s.holders.borrow().holders.get("default/deathstar-lb"),
+        Some(&first),
+        "the lapsing node still holds the Lease"
+    );
+    wait_for("the other worker to take over", || {
+        announcers(&s, vip).len() == 1
+    })
+    .await;
+    let took = died.elapsed();
+    let second = announcers(&s, vip).remove(0);
+    assert_ne!(second, first);
+    assert!(
+        took >= Duration::from_millis(cilia_model::service::DEFAULT_L2_LEASE_MS as u64),
+        "handed over after {took:?}, before the dead node's lease ran out"
+    );
+    wait_for("the Lease holder to move", || {
+        s.holders.borrow().holders.get("default/deathstar-lb") == Some(&second)
+    })
+    .await;
+
+    other.abort();
+    let _ = s.drain.send(true);
+}
+
+// An announcing node whose interface loses carrier gives the VIP up at once, to a live node.
+#[tokio::test]
+async fn l2_carrier_loss_moves_the_vip_at_once() {
+    let vip = Ipv4Addr::new(172, 18, 250, 0);
+    let s = serve_state(bundle(), l2_lab()).await;
+    let w1 = l2_agent(&s, "worker", &["eth0"]).await;
+    let w2 = l2_agent(&s, "worker2", &["eth0"]).await;
+    wait_for("one announcer", || announcers(&s, vip).len() == 1).await;
+    let first = announcers(&s, vip).remove(0);
+    // Replace the holder's agent by one whose eth0 is down (same node, new stream first).
+    let (old, keep) = if first == "worker" { (w1, w2) } else { (w2, w1) };
+    let down = l2_agent(&s, &first, &["cilia_host"]).await;
+    old.abort();
+    wait_for("the VIP moved to the other worker", || {
+        let a = announcers(&s, vip);
+        a.len() == 1 && a[0] != first
+    })
+    .await;
+    down.abort();
+    keep.abort();
+    let _ = s.drain.send(true);
 }
 
 // An agent gets a snapshot, then a delta when its node's intent changes; its acks are recorded.
@@ -574,6 +754,7 @@ async fn invalid_messages_are_invalid_argument_naming_the_field() {
                 agent_version: String::new(),
                 last_applied_version: 3,
                 intent_digest: "nothex".into(),
+                up_interfaces: vec![],
             },
         )),
     };

@@ -133,6 +133,9 @@ pub fn build(
         non_masquerade_cidrs: v4_only(&masq.non_masquerade_cidrs),
         masq_link_local: masq.masq_link_local,
         l2_announcements: c.l2_announcements.enabled,
+        l2_lease_ms: millis(c.l2_announcements.lease_duration),
+        l2_renew_deadline_ms: millis(c.l2_announcements.renew_deadline),
+        l2_retry_period_ms: millis(c.l2_announcements.retry_period),
         policy_audit_mode: c.policy_audit_mode,
         devices: c.devices.clone(),
     };
@@ -142,4 +145,9 @@ pub fn build(
         routing,
         datapath,
     }
+}
+
+/// Whole milliseconds, at least 1 (the model refuses zero timings), at most `u32::MAX`.
+fn millis(d: std::time::Duration) -> u32 {
+    d.as_millis().clamp(1, u32::MAX as u128) as u32
 }

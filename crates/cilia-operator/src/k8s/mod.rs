@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod l2_leases;
 pub mod lease;
 pub mod policy_status;
 pub mod source;

@@ -550,6 +550,7 @@ impl State {
             services: self.service_infos.values().cloned().collect(),
             endpoint_slices: self.slice_infos.values().cloned().collect(),
             datapath: self.config.datapath.clone(),
+            ..Default::default()
         }
     }
 
