@@ -9,13 +9,14 @@
 //! `cil_masq_bench_empty`, and every cost is reported minus that floor. Counters confirm every timed
 //! run took the SNAT path of an existing flow.
 //!
-//! Toggles (in the lab): `toggle_p50_ms` / `toggle_p99_ms` over 20 live switches of
-//! `enable-bpf-masquerade` in `cilium-config` (BPF ↔ iptables), each timed from the start of the
-//! kubectl write to the node running the new mode (status line and `CILIUM_POST_nat` as expected),
-//! against the kubectl write alone; `toggle_failed_connections`: failed or unmasqueraded round trips
-//! of a pod → outside client loop running through all 20 switches (1.2 s apart: a switch holds new
-//! flows back for its duration, and TCP retries a held-back SYN after 1 s). Uses the workspace's built
-//! binaries (`make build`); without them the toggle measures are reported as not measured.
+//! Toggles (in the lab, installed with the real Helm engine and the seed values):
+//! `toggle_p50_ms` / `toggle_p99_ms` over 20 live switches by `helm upgrade --reuse-values --set
+//! bpf.masquerade=false|true` (BPF <-> iptables), each timed from the start of helm upgrade to the
+//! node running the new mode (status line and `CILIUM_POST_nat` as expected), against helm upgrade
+//! alone; `toggle_failed_connections`: failed or unmasqueraded round trips of a pod -> outside loop
+//! of new connections running through all 20 switches, plus failed round trips of one long-lived
+//! connection kept open through them. Uses the workspace's built binaries (`make build`) and
+//! `.venv` (`make deps`); without the binaries the toggle measures are reported as not measured.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -291,7 +292,11 @@ fn bench(report: &mut Report) -> Result<(), Err> {
 
     let nat_map = MapData::from_pin(big_pins.0.join(NAT_MAP))?;
     let mem = memlock(nat_map.fd().as_fd().as_raw_fd())? as f64;
-    let payload = f64::from(BIG_ENTRIES) * 32.0;
+    let (key_b, value_b) = (
+        std::mem::size_of::<cilia_datapath::masq_maps::Masq4Tuple>(),
+        std::mem::size_of::<cilia_datapath::masq_maps::Masq4NatEntry>(),
+    );
+    let payload = f64::from(BIG_ENTRIES) * (key_b + value_b) as f64;
     let mb = |b: f64| b / (1024.0 * 1024.0);
 
     report.push(Measure::new("snat_ns", snat, "ns", floor));
@@ -311,7 +316,7 @@ fn bench(report: &mut Report) -> Result<(), Err> {
         "10.244.0.5:40000"
     ));
     report.note(format!(
-        "nat_100k_entries_mb: memlock of cilia_snat_v4_external (LRU hash, max_entries {BIG_MAX}, {live_big} live entries, 16 B key + 16 B value) from /proc/self/fdinfo; baseline = raw key+value bytes of {BIG_ENTRIES} entries"
+        "nat_100k_entries_mb: memlock of cilia_snat_v4_external (LRU hash, max_entries {BIG_MAX}, {live_big} live entries, {key_b} B key + {value_b} B value) from /proc/self/fdinfo; baseline = raw key+value bytes of {BIG_ENTRIES} entries"
     ));
     report.note(format!(
         "snat_100k_entries_ns: the same SNAT path with {live_big} live NAT entries vs {live_small} (baseline snat_ns): hash lookup cost at scale"
@@ -321,24 +326,27 @@ fn bench(report: &mut Report) -> Result<(), Err> {
 
 /// Live `enable-bpf-masquerade` switches in the lab, with a client loop running.
 mod toggle {
-    use std::net::{SocketAddr, SocketAddrV4};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{SocketAddr, SocketAddrV4, TcpStream};
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     use cilia_e2e::bench::{Measure, Report, median, percentile};
-    use cilia_e2e::lab::{CLIENT_IP, LAB_NAMESPACE, Lab, default_nodes, repo_root, wait_until};
+    use cilia_e2e::lab::{CLIENT_IP, Lab, default_nodes, repo_root, wait_until};
+    use cilia_e2e::netns::enter;
     use cilia_e2e::traffic::{EchoServer, tcp_echo};
 
     use super::Err;
 
     const TOGGLES: usize = 20;
-    /// Between switches: longer than TCP's first SYN retransmission (1 s), so a connection the
-    /// switch fence held back is not held back again by the next switch.
-    const PAUSE: Duration = Duration::from_millis(1200);
+    /// Between switches: lets the loops run a few rounds in each mode.
+    const PAUSE: Duration = Duration::from_millis(500);
     const NODE: &str = "worker";
     const PORT: u16 = 8080;
+    /// A long-lived connection to the outside, kept open through every switch.
+    const LONG_PORT: u16 = 8081;
 
     /// Where the built lab binaries are: release first, then debug (`make build`).
     pub fn bin_dir() -> Option<PathBuf> {
@@ -358,17 +366,8 @@ mod toggle {
             })
     }
 
-    fn set_mode(lab: &Lab, bpf: bool) -> Result<(), Err> {
-        lab.apply_cilium_config(&[
-            ("enable-ipv4-masquerade", "true"),
-            ("enable-bpf-masquerade", if bpf { "true" } else { "false" }),
-            ("enable-ip-masq-agent", "true"),
-            ("enable-node-port", "true"),
-        ])?;
-        Ok(())
-    }
-
-    /// Whether the node runs the mode: its status line and the iptables chain.
+    /// Whether the node runs the mode: its status line and the iptables chain (under BPF it only
+    /// keeps conntrack on; under iptables it masquerades).
     fn runs(lab: &Lab, bpf: bool) -> bool {
         let m = lab
             .dbg(NODE, &["status", "-o", "json"])
@@ -379,31 +378,57 @@ mod toggle {
         let chain = lab
             .node(NODE)
             .ns
-            .exec(&["iptables", "-t", "nat", "-S", "CILIUM_POST_nat"]);
+            .exec(&["iptables", "-t", "nat", "-S", "CILIUM_POST_nat"])
+            .unwrap_or_default();
         if bpf {
-            m.starts_with("BPF") && chain.is_err()
+            m.starts_with("BPF") && !chain.contains("MASQUERADE")
         } else {
-            m.starts_with("IPTables") && chain.is_ok_and(|c| c.contains("-j MASQUERADE"))
+            m.starts_with("IPTables") && chain.contains("-j MASQUERADE")
         }
     }
 
-    pub fn bench(report: &mut Report, bins: &Path) -> Result<(), Err> {
-        let lab = Lab::up_kube(default_nodes())?;
-        let node_ip = lab.node(NODE).spec.ip;
-        let cm = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": { "name": "ip-masq-agent", "namespace": LAB_NAMESPACE },
-            "data": { "config": "nonMasqueradeCIDRs:\n- 172.18.0.101/32\n" },
+    /// A line server on the client: answers each line with the peer it accepted.
+    fn line_server(ns: &str, addr: SocketAddr) -> Result<(), Err> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = ns.to_string();
+        std::thread::spawn(move || {
+            let l = enter(&path).and_then(|_| Ok(std::net::TcpListener::bind(addr)?));
+            let l = match l {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => return drop(tx.send(Err(e.to_string()))),
+            };
+            // One connection is all it serves; the thread ends with the process.
+            if let Ok((s, peer)) = l.accept() {
+                let mut w = s.try_clone().expect("clone");
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if w.write_all(format!("{peer}|{line}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            }
         });
-        lab.kubectl_with_input(&["apply", "-f", "-"], &cm.to_string())?;
-        set_mode(&lab, true)?;
+        rx.recv()?.map_err(|e| e.into())
+    }
+
+    pub fn bench(report: &mut Report, bins: &Path) -> Result<(), Err> {
+        // Installed as a user would: the real Helm engine with the seed values (BPF masquerading
+        // with ip-masq-agent), toggled with `helm upgrade --reuse-values --set`.
+        let mut lab = Lab::up_kube_unconfigured(default_nodes())?;
+        lab.helm_install_seed()?;
+        let node_ip = lab.node(NODE).spec.ip;
         let dst = SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, PORT));
+        let long_dst = SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, LONG_PORT));
         let _server = EchoServer::start(&lab.client.path(), dst)?;
-        let mut lab = lab;
+        line_server(&lab.client.path(), long_dst)?;
         let pod = lab.add_pod(NODE, "masq-toggle")?;
-        wait_until(Duration::from_secs(15), || runs(&lab, true))
-            .map_err(|_| format!("BPF masquerading not on: {}", lab.agent_log(NODE)))?;
+        wait_until(Duration::from_secs(30), || {
+            runs(&lab, true) && tcp_echo(&pod.ns_path(), dst, b"probe").is_ok()
+        })
+        .map_err(|_| format!("BPF masquerading not on: {}", lab.agent_log(NODE)))?;
         let pid = lab.agent_pid(NODE);
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -437,27 +462,80 @@ mod toggle {
                 }
             })
         };
-        let (mut toggles, mut writes) = (Vec::new(), Vec::new());
+        // The long-lived connection: one round trip a toggle, from the same flow every time.
+        let long = {
+            let path = pod.ns_path();
+            std::thread::spawn(move || -> Result<TcpStream, String> {
+                enter(&path).map_err(|e| e.to_string())?;
+                TcpStream::connect_timeout(&long_dst, Duration::from_secs(3))
+                    .map_err(|e| e.to_string())
+            })
+            .join()
+            .map_err(|_| "connect thread panicked")??
+        };
+        long.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut long_r = BufReader::new(long.try_clone()?);
+        let mut long_w = long;
+        let mut long_peer: Option<String> = None;
+        let mut long_round = |i: usize| -> Result<(), String> {
+            long_w
+                .write_all(format!("{i}\n").as_bytes())
+                .map_err(|e| format!("long-lived write: {e}"))?;
+            let mut line = String::new();
+            long_r
+                .read_line(&mut line)
+                .map_err(|e| format!("long-lived read: {e}"))?;
+            let peer = line.split('|').next().unwrap_or_default().to_string();
+            match &long_peer {
+                None if peer.starts_with(&format!("{node_ip}:")) => long_peer = Some(peer),
+                Some(p) if *p == peer => {}
+                _ => {
+                    return Err(format!(
+                        "long-lived connection seen as {line:?} ({long_peer:?} before)"
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let mut long_failed = 0u64;
+        if let Err(e) = long_round(0) {
+            long_failed += 1;
+            errors.lock().unwrap().push(e);
+        }
+        let (mut toggles, mut helm_alone, mut after_helm) = (Vec::new(), Vec::new(), Vec::new());
         let mut result: Result<(), Err> = Ok(());
         for i in 0..TOGGLES {
             let bpf = i % 2 == 1;
             let t0 = Instant::now();
-            if let Err(e) = set_mode(&lab, bpf) {
-                result = Err(e);
-                break;
-            }
-            writes.push(t0.elapsed().as_secs_f64() * 1e3);
+            let run = match lab
+                .helm_upgrade_set(&[("bpf.masquerade", if bpf { "true" } else { "false" })])
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            };
+            let returned = Instant::now();
+            helm_alone.push(run.took.as_secs_f64() * 1e3);
             if wait_until(Duration::from_secs(10), || runs(&lab, bpf)).is_err() {
                 result = Err(format!("toggle {i} (to BPF: {bpf}) did not happen").into());
                 break;
             }
             toggles.push(t0.elapsed().as_secs_f64() * 1e3);
+            after_helm.push(returned.elapsed().as_secs_f64() * 1e3);
             println!(
-                "  toggle {i} at {:.2}s: to {} in {:.0} ms",
+                "  toggle {i} at {:.2}s: to {} in {:.0} ms (helm {:.0} ms, then {:.0} ms)",
                 t0.duration_since(t_start).as_secs_f64(),
                 if bpf { "BPF" } else { "iptables" },
-                toggles[i]
+                toggles[i],
+                helm_alone[i],
+                after_helm[i]
             );
+            if let Err(e) = long_round(i + 1) {
+                long_failed += 1;
+                errors.lock().unwrap().push(format!("toggle {i}: {e}"));
+            }
             std::thread::sleep(PAUSE);
         }
         stop.store(true, Ordering::Relaxed);
@@ -472,26 +550,28 @@ mod toggle {
             "toggle_p50_ms",
             median(&toggles),
             "ms",
-            median(&writes),
+            median(&helm_alone),
         ));
         report.push(Measure::new(
             "toggle_p99_ms",
             percentile(&toggles, 99.0),
             "ms",
-            percentile(&writes, 99.0),
+            percentile(&helm_alone, 99.0),
         ));
         report.push(Measure::new(
             "toggle_failed_connections",
-            failed as f64,
+            (failed + long_failed) as f64,
             "connections",
             0.0,
         ));
         report.note(format!(
-            "toggle_*_ms: {TOGGLES} live switches of enable-bpf-masquerade in cilium-config (BPF <-> iptables, same agent pid), from the start of the kubectl write to the node's status line and CILIUM_POST_nat showing the new mode (polled every 50 ms); baseline = the kubectl write alone; binaries from {}",
+            "toggle_*_ms: {TOGGLES} live switches through the real Helm engine (`helm upgrade cilia charts/cilia --reuse-values --set bpf.masquerade=false|true` after `helm install` with cilium-medium.yaml; BPF <-> iptables, same agent pid), from the start of helm upgrade to the node's status line and CILIUM_POST_nat showing the new mode (polled); baseline = helm upgrade alone; after helm returned: p50 {:.0} ms, p99 {:.0} ms; binaries from {}",
+            median(&after_helm),
+            percentile(&after_helm, 99.0),
             bins.display()
         ));
         report.note(format!(
-            "toggle_failed_connections: pod -> {dst} round trips (new TCP connection each, every 10 ms) that failed or were seen from another address than the node's, over all {TOGGLES} switches ({} ms apart); {ok} succeeded; baseline 0; failures: {errors:?}",
+            "toggle_failed_connections: pod -> {dst} round trips (new TCP connection each, every 10 ms) that failed or were seen from another address than the node's, plus round trips of one long-lived pod -> {long_dst} connection (one per switch) that failed or changed flow, over all {TOGGLES} switches ({} ms apart); {ok} new connections succeeded; baseline 0; failures: {errors:?}",
             PAUSE.as_millis()
         ));
         Ok(())

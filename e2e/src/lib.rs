@@ -2,6 +2,7 @@
 //! the real binaries against real kernel datapaths. Test infrastructure and the demo's stage.
 
 pub mod bench;
+pub mod helm;
 pub mod lab;
 pub mod netns;
 pub mod traffic;

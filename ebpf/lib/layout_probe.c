@@ -135,7 +135,9 @@ int main(void)
 	SIZE(masq4_nat_entry);
 	OFF(masq4_nat_entry, to_addr);
 	OFF(masq4_nat_entry, to_port);
+	OFF(masq4_nat_entry, flags);
 	OFF(masq4_nat_entry, created_ns);
+	OFF(masq4_nat_entry, seen_ns);
 	SIZE(masq4_frag_key);
 	OFF(masq4_frag_key, saddr);
 	OFF(masq4_frag_key, daddr);
@@ -160,6 +162,8 @@ int main(void)
 	CONST(MASQ_DIR_OUT);
 	CONST(MASQ_DIR_IN);
 	CONST(MASQ_F_ENABLED);
+	CONST(MASQ_F_DRAIN);
+	CONST(MASQ_NAT_F_CLOSING);
 	CONST(MASQ_C_MAX);
 	SIZE(ipcache_key);
 	OFF(ipcache_key, addr);

@@ -19,6 +19,12 @@
 #define IPV4_DADDR_OFF 16
 #define IPV4_CSUM_OFF 10
 
+/* TCP flags byte bits (pkt4.tcp_flags). */
+#define MASQ_TCP_FIN 0x01
+#define MASQ_TCP_SYN 0x02
+#define MASQ_TCP_RST 0x04
+#define MASQ_TCP_ACK 0x10
+
 /* Which address of a packet a rewrite changes. */
 #define MASQ_REWRITE_SRC 0
 #define MASQ_REWRITE_DST 1
@@ -29,6 +35,25 @@ static __always_inline void masq_count(__u32 c)
 
 	if (v)
 		*v += 1;
+}
+
+/* A packet went through `e`: keep it marked alive (seen_ns, at most one write a second) and note
+ * a TCP FIN or RST (closing), which a new SYN on the same tuple clears. The agent reads both to
+ * tell which flows a draining program still serves. Racing CPUs may both write: same values. */
+static __always_inline void masq4_touch(struct masq4_nat_entry *e, const struct pkt4 *p)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	if (p->proto == IPPROTO_TCP) {
+		__u8 f = p->tcp_flags;
+
+		if ((f & (MASQ_TCP_FIN | MASQ_TCP_RST)) && !(e->flags & MASQ_NAT_F_CLOSING))
+			e->flags |= MASQ_NAT_F_CLOSING;
+		else if ((f & (MASQ_TCP_SYN | MASQ_TCP_ACK)) == MASQ_TCP_SYN && (e->flags & MASQ_NAT_F_CLOSING))
+			e->flags &= ~MASQ_NAT_F_CLOSING;
+	}
+	if ((__s64)(now - e->seen_ns) > (__s64)MASQ_SEEN_REFRESH_NS)
+		e->seen_ns = now;
 }
 
 /* Same mixer and tuple hash as lb.h (and `cilia_datapath::lb::flow_hash`), so the agent and the
@@ -175,6 +200,7 @@ static __always_inline int masq4_reverse_held(const struct masq_config *cfg, con
 	rev.to_addr = out->saddr;
 	rev.to_port = out->sport;
 	rev.created_ns = bpf_ktime_get_ns();
+	rev.seen_ns = rev.created_ns;
 	return bpf_map_update_elem(&cilia_snat_v4_external, &in, &rev, BPF_NOEXIST) == 0;
 }
 
@@ -197,6 +223,7 @@ static __always_inline int masq4_alloc(const struct masq_config *cfg, const stru
 	rev.to_addr = out->saddr;
 	rev.to_port = out->sport;
 	rev.created_ns = now;
+	rev.seen_ns = now;
 	for (__u32 i = 0; i < MASQ_PORT_RETRIES; i++) {
 		__u16 cand = cfg->port_min + masq_mix32(hash + i * MASQ_HASH_GOLDEN) % range;
 
@@ -213,6 +240,7 @@ static __always_inline int masq4_alloc(const struct masq_config *cfg, const stru
 		fwd.to_addr = cfg->node_addr;
 		fwd.to_port = in.dport;
 		fwd.created_ns = now;
+		fwd.seen_ns = now;
 		if (bpf_map_update_elem(&cilia_snat_v4_external, out, &fwd, BPF_ANY)) {
 			bpf_map_delete_elem(&cilia_snat_v4_external, &in);
 			return -1;
@@ -262,6 +290,13 @@ static __always_inline int masq4_egress(lb_ctx *ctx)
 	e = bpf_map_lookup_elem(&cilia_snat_v4_external, &out);
 	if (e && e->to_addr == cfg->node_addr && masq4_reverse_held(cfg, &out, e->to_port)) {
 		port = e->to_port;
+		masq4_touch(e, &p);
+	} else if (cfg->flags & MASQ_F_DRAIN) {
+		/* Draining: iptables masquerades new flows before this hook (the source is the node
+		 * address by now); what still has the pod's is a flow netfilter decided not to
+		 * translate and we do not know: leave it as it is rather than start a flow here. */
+		masq_count(MASQ_C_DRAIN_PASS);
+		return CTX_PASS;
 	} else if (masq4_alloc(cfg, &out, &port)) {
 		/* Leaving with the pod address would be unroutable back: drop, as Cilium does. */
 		masq_count(MASQ_C_NO_PORT);
@@ -387,6 +422,7 @@ static __always_inline int masq4_ingress(lb_ctx *ctx)
 	/* No entry: the node's own traffic. */
 	if (!e)
 		return CTX_PASS;
+	masq4_touch(e, &p);
 	if (p.frag == PKT_FRAG_FIRST)
 		masq4_frag_record(&p, e->to_addr);
 	if (masq4_rewrite(ctx, &p, MASQ_REWRITE_DST, e->to_addr, e->to_port))

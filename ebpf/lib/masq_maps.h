@@ -18,6 +18,13 @@
  *    ports) get the pod address too; a later fragment that overtakes its first one reaches the node.
  *  - Both directions' tuples are keys of the one LRU map (dir tells them apart), so `bpf nat list`
  *    prints Cilium's OUT/IN pairs and an evicted flow simply gets a new port.
+ *  - Every translated packet keeps its entry's seen_ns fresh (at most one write a second) and a TCP
+ *    FIN or RST marks the entry closing, so the agent can tell live flows from finished ones.
+ *  - Drain (MASQ_F_DRAIN, after a switch to iptables or off): flows already in the NAT map keep
+ *    their translation both ways, nothing new gets a port. Netfilter conntrack tracked those flows
+ *    untranslated from their first packet (the agent keeps conntrack on under BPF masquerading), so
+ *    iptables' MASQUERADE, which decides only on a connection's first packet, never touches them:
+ *    one translation per flow at any moment. The agent removes the programs once the flows ended.
  */
 #ifndef CILIA_MASQ_MAPS_H
 #define CILIA_MASQ_MAPS_H
@@ -39,6 +46,13 @@
 
 /* masq_config.flags */
 #define MASQ_F_ENABLED 1	/* translate at all; off: every packet passes untouched */
+#define MASQ_F_DRAIN 2		/* with ENABLED: only flows already in the NAT map, no new port */
+
+/* masq4_nat_entry.flags */
+#define MASQ_NAT_F_CLOSING 1	/* a TCP FIN or RST of the flow went through this entry */
+
+/* seen_ns is refreshed when it is older than this (ns): one map write a second per flow at most. */
+#define MASQ_SEEN_REFRESH_NS 1000000000ULL
 
 /* A flow's tuple as on the wire (ICMP echo: the identifier is sport going out, dport coming back);
  * key of cilia_snat_v4_external. */
@@ -56,8 +70,9 @@ struct masq4_tuple {
 struct masq4_nat_entry {
 	__be32 to_addr;
 	__be16 to_port;
-	__u16 pad;
+	__u16 flags;		/* MASQ_NAT_F_* */
 	__u64 created_ns;	/* bpf_ktime_get_ns() when the flow got its port */
+	__u64 seen_ns;		/* CLOCK_MONOTONIC of the last packet translated (MASQ_SEEN_REFRESH_NS) */
 };
 
 /* A fragmented reply datagram (the IPv4 header fields all its fragments share). */
@@ -98,6 +113,7 @@ enum masq_counter {
 	MASQ_C_FRAG,		/* later fragments given the node address */
 	MASQ_C_REVNAT_ICMP_ERR,	/* ICMP frag-needed about a masqueraded flow, sent back to the pod */
 	MASQ_C_REVNAT_FRAG,	/* later fragments of replies given the pod address */
+	MASQ_C_DRAIN_PASS,	/* draining: pod packets of flows not in the NAT map, passed untouched */
 	MASQ_C_MAX,
 };
 

@@ -1,22 +1,24 @@
 //! Masquerading in the apply loop: the node's intent → what it asks of masquerading
 //! ([`MasqDesired`], pure) → the BPF map entries (written as a difference to what is pinned) and the
 //! programs on the node devices, or the iptables fallback (`CILIUM_POST_nat`), or neither. A mode
-//! switch happens live: the old mode is switched off before the new one is switched on. Map contents
-//! and links are read back from the pins, so a restarted agent with an unchanged intent writes
-//! nothing.
+//! switch happens live and keeps established connections: the new mode takes new flows at once,
+//! flows of the old one keep their translation to their end (the sequence and why it never
+//! translates a flow twice: `cilia_datapath::masq`). Map contents, links and a drain in progress are
+//! read back from the pins, so a restarted agent with an unchanged intent writes nothing.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use cilia_datapath::bpf::BpfError;
+use cilia_datapath::maps::c;
 use cilia_datapath::masq::{
-    FEEDER_RULE, IptablesMasq, MasqDesired, MasqError, MasqMode, iptables_restore_input,
-    iptables_rules, masquerading_status,
+    CONNTRACK_KEEPER_RULE, DrainTimeouts, FEEDER_RULE, IptablesMasq, MasqDesired, MasqError,
+    MasqMode, drained_flows, iptables_restore_input, iptables_rules, masquerading_status,
 };
-use cilia_datapath::masq_bpf::{MasqDatapath, MasqMapSizes};
+use cilia_datapath::masq_bpf::{MasqDatapath, MasqMapSizes, monotonic_ns};
 use cilia_model::NodeIntent;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 /// Masquerading's pins live in their own directory under the agent's bpf root.
 pub const MASQ_PIN_SUBDIR: &str = "masq";
@@ -48,6 +50,10 @@ pub struct MasqAgent {
     pub status: String,
     /// Devices the BPF programs are attached to (BPF mode).
     pub devices: Vec<String>,
+    /// How long a draining program keeps a flow after its last packet.
+    pub drain_timeouts: DrainTimeouts,
+    draining: bool,
+    warned_no_iptables: bool,
 }
 
 /// The name of the device holding `ip` in this network namespace.
@@ -130,68 +136,17 @@ fn restore(input: &str) -> Result<(), MasqError> {
 
 /// Hooks `CILIUM_POST_nat` into POSTROUTING (first), as `IptablesMasq` does, in one commit.
 fn hook_feeder() -> Result<(), MasqError> {
-    restore_table(
-        "nat",
-        &FEEDER_RULE.replacen("-A POSTROUTING", "-I POSTROUTING 1", 1),
-    )
+    restore(&format!(
+        "*nat\n{}\nCOMMIT\n",
+        FEEDER_RULE.replacen("-A POSTROUTING", "-I POSTROUTING 1", 1)
+    ))
 }
 
-/// One rule change in `table`, committed alone.
-fn restore_table(table: &str, line: &str) -> Result<(), MasqError> {
-    restore(&format!("*{table}\n{line}\nCOMMIT\n"))
-}
-
-/// Unhooks `CILIUM_POST_nat` from POSTROUTING in one commit: from here on iptables masquerades no
-/// new flow (the chain itself goes with `IptablesMasq::remove`).
-fn unhook_feeder() -> Result<(), MasqError> {
-    restore_table(
-        "nat",
-        &FEEDER_RULE.replacen("-A POSTROUTING", "-D POSTROUTING", 1),
-    )
-}
-
-/// BPF → iptables: how long the fence holds new flows back while flows BPF translates finish.
-const SWITCH_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// While the mode switches, between the old mode going off and the new one going on, a new flow
-/// from a pod to a destination outside the cluster would leave with the pod's address. The fence
-/// drops such flows' first packets (`FORWARD`, conntrack state NEW) for those few milliseconds:
-/// TCP retransmits its SYN once the new mode is on, instead of connecting unmasqueraded. Leaving
-/// BPF, it also holds for [`SWITCH_DRAIN`] first, so that short flows BPF translates can end
-/// before BPF stops (netfilter cannot take them over); longer ones are reset.
-struct Fence(String);
-
-impl Fence {
-    const COMMENT: &str = "cilia: masquerading mode switch";
-
-    fn rule(want: &MasqDesired) -> Option<String> {
-        if want.mode == MasqMode::Disabled {
-            return None;
-        }
-        let pod = want.pod_cidr?;
-        let exclude = want
-            .native_routing_cidr
-            .map(|n| format!(" ! -d {n}"))
-            .unwrap_or_default();
-        Some(format!(
-            "FORWARD -s {pod}{exclude} -m conntrack --ctstate NEW -m comment --comment \"{}\" -j DROP",
-            Self::COMMENT
-        ))
-    }
-
-    /// Puts the fence up (None: masquerading off, nothing to fence).
-    fn up(want: &MasqDesired) -> Result<Option<Fence>, MasqError> {
-        let Some(rule) = Self::rule(want) else {
-            return Ok(None);
-        };
-        restore_table("filter", &format!("-I {rule}"))?;
-        Ok(Some(Fence(rule)))
-    }
-
-    fn down(self) -> Result<(), MasqError> {
-        restore_table("filter", &format!("-D {}", self.0))
-    }
-}
+/// BPF → iptables: how long BPF still starts flows after netfilter took over new ones. A flow
+/// whose first packet netfilter let through untranslated just before the commit may not have
+/// reached the TC hook yet; in this window it still gets its BPF port (and then drains like the
+/// others) instead of leaving with the pod's address. No packet is held back meanwhile.
+const SWITCH_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What `intent` asks of masquerading. `enable-ip-masq-agent` with BPF masquerading off is
 /// accepted by the configuration (with a warning that it is inactive, so that `helm upgrade --set
@@ -216,11 +171,20 @@ impl MasqAgent {
             iptables: IptablesMasq::new(),
             status: "Disabled".into(),
             devices: Vec::new(),
+            drain_timeouts: DrainTimeouts::default(),
+            draining: false,
+            warned_no_iptables: false,
         }
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Whether BPF programs are still attached only to finish the flows they translated (after a
+    /// switch to iptables or off).
+    pub fn draining(&self) -> bool {
+        self.draining
     }
 
     fn datapath(&mut self) -> Result<&mut MasqDatapath, BpfError> {
@@ -231,140 +195,176 @@ impl MasqAgent {
         Ok(self.dp.as_mut().expect("just loaded"))
     }
 
-    /// What iptables holds of ours; without iptables at all, nothing (an error only when
-    /// `needed`).
-    fn installed(&self, needed: bool) -> Result<(bool, Vec<String>, bool), MasqError> {
-        match self.iptables.current() {
-            Err(MasqError::IptablesMissing { .. }) if !needed => Ok((false, Vec::new(), false)),
-            r => r,
-        }
-    }
-
     /// Whether an earlier agent left masquerading maps pinned (then they must be brought in line).
     fn pinned(&self) -> bool {
         std::fs::read_dir(&self.pin_dir).is_ok_and(|mut d| d.next().is_some())
     }
 
+    /// Makes `CILIUM_POST_nat` hold `rules` (one commit) and hooks it into POSTROUTING; returns the
+    /// writes made. Without iptables on the node, `required` decides: an error (iptables
+    /// masquerading), or a warning (the conntrack keeper of BPF masquerading: BPF works without
+    /// it, only a later switch to iptables would reset BPF's established flows).
+    fn sync_chain(&mut self, rules: &[String], required: bool) -> Result<u64, MasqError> {
+        let (exists, have, feeder) = match self.iptables.current() {
+            Err(e @ MasqError::IptablesMissing { .. }) if !required => {
+                if !std::mem::replace(&mut self.warned_no_iptables, true) {
+                    warn!(error = %e, "no iptables: conntrack is not kept on for BPF masquerading; a switch to iptables masquerading would reset established flows");
+                }
+                return Ok(0);
+            }
+            r => r?,
+        };
+        let mut writes = 0;
+        if !exists || have != rules {
+            restore(&iptables_restore_input(rules))?;
+            writes += 1;
+        }
+        if !feeder {
+            hook_feeder()?;
+            writes += 1;
+        }
+        Ok(writes)
+    }
+
     /// Makes masquerading match `intent`; returns the number of kernel writes. Everything that can
     /// be refused is checked before the first write; on an error the loaded programs and pins are
-    /// kept as they are and the next pass reads them back.
+    /// kept as they are and the next pass reads them back. While BPF drains, every pass also
+    /// retires the flows that ended, and the programs once none is left.
     pub fn apply(&mut self, intent: &NodeIntent) -> Result<u64, MasqApplyError> {
         let want = desired(intent)?;
         let seed = seed_of(&intent.node);
+        let writes = match want.mode {
+            MasqMode::Bpf => self.apply_bpf(&want, intent.node_ip, seed)?,
+            MasqMode::Iptables | MasqMode::Disabled => self.apply_without_bpf(&want, seed)?,
+        };
+        self.status = masquerading_status(&want, &self.devices);
+        Ok(writes)
+    }
+
+    /// BPF masquerading: programs on first (this also ends a drain), then netfilter's MASQUERADE
+    /// replaced by the conntrack keeper in one commit. New flows are netfilter's until that commit
+    /// (BPF passes what already has the node address) and BPF's after it; netfilter's established
+    /// flows keep their conntrack translation, conntrack staying on throughout.
+    fn apply_bpf(
+        &mut self,
+        want: &MasqDesired,
+        node_ip: Ipv4Addr,
+        seed: u32,
+    ) -> Result<u64, MasqApplyError> {
+        let uplink = if want.devices.is_empty() {
+            device_with(node_ip).ok_or(MasqApplyError::NoUplink(node_ip))?
+        } else {
+            String::new()
+        };
+        let devices = want.devices(&uplink);
         let mut writes = 0u64;
-        match want.mode {
-            MasqMode::Bpf => {
-                let uplink = if want.devices.is_empty() {
-                    device_with(intent.node_ip).ok_or(MasqApplyError::NoUplink(intent.node_ip))?
-                } else {
-                    String::new()
-                };
-                let devices = want.devices(&uplink);
-                // Programs loaded and maps written first: nothing translates through them until
-                // they are attached below.
-                let dp = self.datapath()?;
-                let n = dp.apply(&want.entries(seed))?;
-                if n > 0 {
-                    info!(writes = n, "masquerading maps updated");
-                }
-                writes += n as u64;
-                // iptables off (its feeder rule: one commit), then at once the programs on; the
-                // chain itself is cleaned up after, so the switch leaves no gap worth a flow.
-                let (exists, _, feeder) = self.installed(false)?;
-                let fence = if feeder { Fence::up(&want)? } else { None };
-                let dp = self.dp.as_mut().expect("loaded above");
-                let switched = (|| -> Result<u64, MasqApplyError> {
-                    let mut writes = 0u64;
-                    if feeder {
-                        unhook_feeder()?;
-                        writes += 1;
-                    }
-                    let wanted: BTreeSet<String> = devices.iter().map(|d| pin_name(d)).collect();
-                    for stale in dp.attached().difference(&wanted) {
-                        dp.detach(stale);
-                        writes += 1;
-                        info!(iface = %stale, "masquerading programs detached");
-                    }
-                    let have = dp.attached();
-                    for d in &devices {
-                        if !have.contains(&pin_name(d)) {
-                            dp.attach(d)?;
-                            writes += 1;
-                            info!(iface = %d, "masquerading programs attached");
-                        }
-                    }
-                    Ok(writes)
-                })();
-                if let Some(f) = fence {
-                    f.down()?;
-                }
-                writes += switched?;
-                if exists || feeder {
-                    writes += self.iptables.remove()? as u64;
-                    info!("iptables masquerading removed");
-                }
-                self.devices = devices;
-            }
-            MasqMode::Iptables | MasqMode::Disabled => {
-                // The chain's rules staged first (not hooked into POSTROUTING, so inert).
-                let rules = iptables_rules(&want);
-                let (exists, have, feeder) = self.installed(!rules.is_empty())?;
-                let staged = !rules.is_empty() && (!exists || have != rules);
-                if staged {
-                    restore(&iptables_restore_input(&rules))?;
-                    writes += 1;
-                }
-                let mut fence = None;
-                if self.dp.is_some() || self.pinned() {
-                    let dp = self.datapath()?;
-                    let attached = dp.attached();
-                    if !attached.is_empty() && !rules.is_empty() {
-                        fence = Fence::up(&want)?;
-                        // Flows BPF translates now cannot move to netfilter (it tracks them
-                        // untranslated): with no new flow let in, let the short ones finish.
-                        std::thread::sleep(SWITCH_DRAIN);
-                    }
-                    let dp = self.dp.as_mut().expect("loaded above");
-                    // Flags 0 first: programs still attached pass everything from here on.
-                    match dp.apply(&want.entries(seed)) {
-                        Ok(n) => writes += n as u64,
-                        Err(e) => {
-                            if let Some(f) = fence {
-                                f.down()?;
-                            }
-                            return Err(e.into());
-                        }
-                    }
-                    if !attached.is_empty() {
-                        dp.detach_all();
-                        writes += attached.len() as u64;
-                        info!(devices = ?attached, "masquerading programs detached");
-                    }
-                }
-                // BPF is off: now iptables (one commit hooking the staged chain in), or nothing.
-                let hooked = if rules.is_empty() {
-                    self.iptables.remove().map(|n| {
-                        if n > 0 {
-                            info!("iptables masquerading removed");
-                        }
-                        n as u64
-                    })
-                } else if !feeder {
-                    hook_feeder().map(|()| {
-                        info!("iptables masquerading on");
-                        1
-                    })
-                } else {
-                    Ok(0)
-                };
-                if let Some(f) = fence {
-                    f.down()?;
-                }
-                writes += hooked?;
-                self.devices.clear();
+        let was_draining = std::mem::replace(&mut self.draining, false);
+        let dp = self.datapath()?;
+        let n = dp.apply(&want.entries(seed))?;
+        if n > 0 {
+            info!(writes = n, "masquerading maps updated");
+        }
+        if was_draining {
+            info!("BPF masquerading takes new flows again (drain ended)");
+        }
+        writes += n as u64;
+        let wanted: BTreeSet<String> = devices.iter().map(|d| pin_name(d)).collect();
+        for stale in dp.attached().difference(&wanted) {
+            dp.detach(stale);
+            writes += 1;
+            info!(iface = %stale, "masquerading programs detached");
+        }
+        let have = dp.attached();
+        for d in &devices {
+            if !have.contains(&pin_name(d)) {
+                dp.attach(d)?;
+                writes += 1;
+                info!(iface = %d, "masquerading programs attached");
             }
         }
-        self.status = masquerading_status(&want, &self.devices);
+        let n = self.sync_chain(&[CONNTRACK_KEEPER_RULE.to_string()], false)?;
+        if n > 0 {
+            info!("iptables masquerading off (CILIUM_POST_nat keeps conntrack on only)");
+        }
+        writes += n;
+        self.devices = devices;
+        Ok(writes)
+    }
+
+    /// iptables masquerading or none. Netfilter takes new flows first (one commit); then BPF, if
+    /// attached, drains: the flows in its NAT map keep their translation, it starts none, and
+    /// once they all ended (by [`DrainTimeouts`]) the programs go. With masquerading off,
+    /// `CILIUM_POST_nat` keeps only the conntrack keeper while BPF drains, then goes.
+    fn apply_without_bpf(&mut self, want: &MasqDesired, seed: u32) -> Result<u64, MasqApplyError> {
+        let rules = iptables_rules(want);
+        let mut writes = 0u64;
+        if !rules.is_empty() {
+            let n = self.sync_chain(&rules, true)?;
+            if n > 0 {
+                info!("iptables masquerading on");
+            }
+            writes += n;
+        }
+        let mut draining = false;
+        if self.dp.is_some() || self.pinned() {
+            let timeouts = self.drain_timeouts;
+            let dp = self.datapath()?;
+            if !dp.attached().is_empty() {
+                let flags = dp.config()?.flags;
+                if flags & c::MASQ_F_ENABLED != 0
+                    && flags & c::MASQ_F_DRAIN == 0
+                    && !rules.is_empty()
+                {
+                    std::thread::sleep(SWITCH_SETTLE);
+                }
+                let started = dp.set_flags(c::MASQ_F_ENABLED | c::MASQ_F_DRAIN)?;
+                // Read once a pass: the map only shrinks while draining (no new flow gets a
+                // port), and the next pass sees whatever this one missed.
+                let nat = dp.nat_entries()?;
+                if started {
+                    writes += 1;
+                    info!(
+                        entries = nat.len(),
+                        "BPF masquerading draining: its flows keep their ports, new flows are not its"
+                    );
+                }
+                let ended = drained_flows(&nat, monotonic_ns(), &timeouts);
+                if !ended.is_empty() {
+                    let n = dp.nat_remove(&ended)?;
+                    writes += n as u64;
+                    debug!(entries = n, "ended flows retired from the drain");
+                }
+                // Confirmed on a fresh read before the programs go (a reverse entry put back by
+                // a packet of a live flow meanwhile keeps the drain on).
+                draining = nat.len() > ended.len() || !dp.nat_entries()?.is_empty();
+                if !draining {
+                    let attached = dp.attached();
+                    dp.detach_all();
+                    writes += attached.len() as u64;
+                    info!(devices = ?attached, "masquerading programs detached: no flow left to drain");
+                }
+            }
+            if !draining {
+                // Flags 0, prefixes cleared: what a fresh start in this mode would find.
+                writes += dp.apply(&want.entries(seed))? as u64;
+            }
+        }
+        if rules.is_empty() {
+            if draining {
+                writes += self.sync_chain(&[CONNTRACK_KEEPER_RULE.to_string()], false)?;
+            } else {
+                let n = match self.iptables.remove() {
+                    Err(MasqError::IptablesMissing { .. }) => 0,
+                    r => r?,
+                };
+                if n > 0 {
+                    info!("iptables masquerading removed");
+                }
+                writes += n as u64;
+            }
+        }
+        self.draining = draining;
+        self.devices.clear();
         Ok(writes)
     }
 }
@@ -405,20 +405,6 @@ mod tests {
         assert_eq!(
             desired(&intent(false, false, true)).unwrap().mode,
             MasqMode::Disabled
-        );
-    }
-
-    #[test]
-    fn switch_fence_covers_new_pod_flows_leaving_the_cluster() {
-        let w = desired(&intent(true, true, false)).unwrap();
-        assert_eq!(
-            Fence::rule(&w).unwrap(),
-            "FORWARD -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m conntrack --ctstate NEW \
-             -m comment --comment \"cilia: masquerading mode switch\" -j DROP"
-        );
-        assert_eq!(
-            Fence::rule(&desired(&intent(false, false, false)).unwrap()),
-            None
         );
     }
 

@@ -1,23 +1,30 @@
 //! Masquerading of pod traffic leaving the node (`enable-ipv4-masquerade`): what a node's intent asks
 //! for ([`MasqDesired`]), the BPF map entries that implement it ([`MasqEntries`], diffed against what
-//! is pinned), the iptables fallback (`CILIUM_POST_nat`, [`iptables_rules`]), and the `cilia-dbg`
-//! output shapes (`bpf ipmasq list`, `bpf nat list`, the status `Masquerading:` line). Pure, except
-//! the [`IptablesMasq`] edge at the bottom.
+//! is pinned), the iptables fallback (`CILIUM_POST_nat`, [`iptables_rules`]), which flows a draining
+//! program still serves ([`drained_flows`]), and the `cilia-dbg` output shapes (`bpf ipmasq list`,
+//! `bpf nat list`, the status `Masquerading:` line). Pure, except the [`IptablesMasq`] edge at the
+//! bottom.
 //!
-//! # How the agent drives it
+//! # How a live switch keeps every connection (`cilia_agent::masq` drives it)
+//! Netfilter conntrack tracks pod flows in every masquerading mode: under BPF masquerading
+//! `CILIUM_POST_nat` holds only [`CONNTRACK_KEEPER_RULE`], whose conntrack match keeps conntrack on
+//! in the node's namespace. So each flow has a conntrack entry from its first packet on, and
+//! netfilter's NAT, which decides on that first packet only, stays out of flows it did not
+//! translate then. BPF's egress program runs after netfilter (TC egress follows POSTROUTING) and
+//! leaves alone anything that already has the node address; its ingress program restores replies
+//! of its own flows before netfilter sees them.
 //! ```text
-//! let want = MasqDesired::from_intent(&intent)?;          // + .with_agent_config(&file) on reload
-//! let mut dp = MasqDatapath::open(&pin_dir, &MasqMapSizes::default())?;   // masq_bpf
-//! let writes = dp.apply(&want.entries(hash_seed))?;       // diff: writes only what changed
-//! match want.mode {
-//!     MasqMode::Bpf      => { IptablesMasq::new().remove()?; for d in want.devices(uplink) { dp.attach(&d)? } }
-//!     MasqMode::Iptables => { /* apply() wrote flags=0: programs pass everything */ dp.detach_all();
-//!                             IptablesMasq::new().apply(&want)?; }
-//!     MasqMode::Disabled => { dp.detach_all(); IptablesMasq::new().remove()?; }
-//! }
+//! iptables → BPF: programs on (flags ENABLED)   then  CILIUM_POST_nat: MASQUERADE → keeper only
+//!                 new flows: netfilter's until the second commit, BPF's after; netfilter's own
+//!                 flows keep their conntrack translation to their end.
+//! BPF → iptables: CILIUM_POST_nat: keeper → MASQUERADE   then  flags ENABLED|DRAIN
+//!                 new flows: BPF's until the commit, netfilter's after; BPF's flows keep their
+//!                 NAT entries (drain: no new entry) until drained_flows() says they ended, then
+//!                 the programs are detached.
 //! ```
-//! The old mode is always switched off before the new one is switched on, so the two never
-//! translate at once; flows already tracked by netfilter keep their translation until they end.
+//! At no moment does a flow have two translations or none. The two also never share a node port
+//! while both are live: BPF takes [`NAT_PORT_MIN`]..=[`NAT_PORT_MAX`], MASQUERADE TCP and UDP
+//! [`IPTABLES_MASQ_PORTS`], so each reply reaches the translation of its own flow.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -368,9 +375,120 @@ pub fn masquerading_status(want: &MasqDesired, devices: &[String]) -> String {
     }
 }
 
+/// The one rule of `CILIUM_POST_nat` under BPF masquerading (also while BPF drains with
+/// masquerading off). It matches nothing that matters (`RETURN` of INVALID packets from a chain that
+/// holds nothing else); it is there because a conntrack match keeps netfilter conntrack on in the
+/// namespace, so pod flows are tracked from their first packet and a later switch to iptables
+/// does not see BPF's flows as new (which MASQUERADE would translate a second time).
+pub const CONNTRACK_KEEPER_RULE: &str = "-A CILIUM_POST_nat -m comment --comment \"cilia: conntrack tracks pod flows under BPF masquerading\" -m conntrack --ctstate INVALID -j RETURN";
+
+/// How long a draining program keeps serving a flow after the flow's last packet — Cilium's
+/// conntrack lifetimes (`bpf-ct-timeout-regular-tcp`, `-tcp-fin`, `-any`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainTimeouts {
+    /// TCP flows without a FIN or RST seen.
+    pub tcp_ns: u64,
+    /// TCP flows after a FIN or RST (the peer may still retransmit the last segments).
+    pub closing_ns: u64,
+    /// UDP and ICMP echo.
+    pub other_ns: u64,
+}
+
+impl Default for DrainTimeouts {
+    fn default() -> Self {
+        const S: u64 = 1_000_000_000;
+        DrainTimeouts {
+            tcp_ns: 21_600 * S,
+            closing_ns: 10 * S,
+            other_ns: 60 * S,
+        }
+    }
+}
+
+const PROTO_TCP: u8 = 6;
+
+/// The reverse (IN) key of the OUT entry `out → v`.
+fn reverse_key(out: &Masq4Tuple, v: &Masq4NatEntry) -> Masq4Tuple {
+    Masq4Tuple {
+        saddr: out.daddr,
+        daddr: v.to_addr,
+        sport: out.dport,
+        dport: v.to_port,
+        proto: out.proto,
+        dir: c::MASQ_DIR_IN as u8,
+        pad: [0; 2],
+    }
+}
+
+fn expired(proto: u8, closing: bool, seen_ns: u64, now_ns: u64, t: &DrainTimeouts) -> bool {
+    let idle = now_ns.saturating_sub(seen_ns);
+    let limit = if proto != PROTO_TCP {
+        t.other_ns
+    } else if closing {
+        t.closing_ns
+    } else {
+        t.tcp_ns
+    };
+    idle > limit
+}
+
+/// The NAT entries of flows that ended, by `now_ns` (CLOCK_MONOTONIC, the datapath's clock): a
+/// flow is its OUT entry and the IN entry that points back at it, alive while either saw a packet
+/// within its [`DrainTimeouts`] (closing if either saw a FIN or RST). An entry without its partner
+/// (the LRU evicted one) ages alone. Returned keys are both entries of every ended flow.
+pub fn drained_flows(
+    entries: &BTreeMap<Masq4Tuple, Masq4NatEntry>,
+    now_ns: u64,
+    t: &DrainTimeouts,
+) -> Vec<Masq4Tuple> {
+    let mut paired = BTreeSet::new();
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        if u32::from(k.dir) != c::MASQ_DIR_OUT {
+            continue;
+        }
+        let rk = reverse_key(k, v);
+        let rev = entries
+            .get(&rk)
+            .filter(|r| r.to_addr == k.saddr && r.to_port == k.sport);
+        let (seen, closing) = match rev {
+            Some(r) => {
+                paired.insert(rk);
+                (v.seen_ns.max(r.seen_ns), v.closing() || r.closing())
+            }
+            None => (v.seen_ns, v.closing()),
+        };
+        if expired(k.proto, closing, seen, now_ns, t) {
+            out.push(*k);
+            if rev.is_some() {
+                out.push(rk);
+            }
+        }
+    }
+    for (k, v) in entries {
+        if u32::from(k.dir) == c::MASQ_DIR_IN
+            && !paired.contains(k)
+            && expired(k.proto, v.closing(), v.seen_ns, now_ns, t)
+        {
+            out.push(*k);
+        }
+    }
+    out
+}
+
+/// The ports iptables' MASQUERADE gives TCP and UDP flows: below both the NodePort range
+/// (30000-32767, whose replies the load balancer would take for new NodePort connections) and
+/// BPF's range ([`NAT_PORT_MIN`]..): while BPF drains its flows after a switch to iptables, or
+/// takes new ones while netfilter's live on after a switch back, the two never hand out the same
+/// node port, so a reply always reaches the translation of its own flow. (Cilium's rule keeps the
+/// pod's source port, which lies in BPF's range.) ICMP echo identifiers are not ranged: an echo
+/// may collide for the seconds the two overlap.
+pub const IPTABLES_MASQ_PORTS: &str = "1024-29999";
+
 /// The `CILIUM_POST_nat` rules of the iptables fallback, in `iptables-save` form (so what is read
 /// back compares equal): ACCEPT for other nodes and their pod CIDRs, then Cilium's catch-all
-/// `cilium masquerade non-cluster`. Empty unless the mode is [`MasqMode::Iptables`].
+/// `cilium masquerade non-cluster`, for TCP and UDP with [`IPTABLES_MASQ_PORTS`]. Empty unless the
+/// mode is [`MasqMode::Iptables`].
 pub fn iptables_rules(want: &MasqDesired) -> Vec<String> {
     let Some(pod) = want.pod_cidr.filter(|_| want.mode == MasqMode::Iptables) else {
         return Vec::new();
@@ -390,9 +508,14 @@ pub fn iptables_rules(want: &MasqDesired) -> Vec<String> {
         .native_routing_cidr
         .map(|n| format!(" ! -d {n}"))
         .unwrap_or_default();
-    rules.push(format!(
-        "-A {POST_NAT_CHAIN} -s {pod}{exclude} ! -o cilium_+ -m comment --comment \"cilium masquerade non-cluster\" -j MASQUERADE"
-    ));
+    let head = format!("-A {POST_NAT_CHAIN} -s {pod}{exclude} ! -o cilium_+");
+    let comment = "-m comment --comment \"cilium masquerade non-cluster\"";
+    for proto in ["tcp", "udp"] {
+        rules.push(format!(
+            "{head} -p {proto} {comment} -j MASQUERADE --to-ports {IPTABLES_MASQ_PORTS}"
+        ));
+    }
+    rules.push(format!("{head} {comment} -j MASQUERADE"));
     rules
 }
 
@@ -770,15 +893,20 @@ mod tests {
             iptables_rules(&d),
             vec![
                 "-A CILIUM_POST_nat -d 172.18.0.3/32 -m comment --comment \"exclude traffic to cluster nodes from masquerade\" -j ACCEPT".to_string(),
+                "-A CILIUM_POST_nat -s 10.244.0.0/24 ! -d 10.244.0.0/16 ! -o cilium_+ -p tcp -m comment --comment \"cilium masquerade non-cluster\" -j MASQUERADE --to-ports 1024-29999".to_string(),
+                "-A CILIUM_POST_nat -s 10.244.0.0/24 ! -d 10.244.0.0/16 ! -o cilium_+ -p udp -m comment --comment \"cilium masquerade non-cluster\" -j MASQUERADE --to-ports 1024-29999".to_string(),
                 "-A CILIUM_POST_nat -s 10.244.0.0/24 ! -d 10.244.0.0/16 ! -o cilium_+ -m comment --comment \"cilium masquerade non-cluster\" -j MASQUERADE".to_string(),
             ]
         );
+        // Disjoint from BPF's ports and below the NodePort range.
+        let (lo, hi) = IPTABLES_MASQ_PORTS.split_once('-').unwrap();
+        let (lo, hi): (u16, u16) = (lo.parse().unwrap(), hi.parse().unwrap());
+        assert!(lo >= 1024 && hi < 30000 && hi < NAT_PORT_MIN);
         assert_eq!(
             iptables_restore_input(&iptables_rules(&d)),
             format!(
-                "*nat\n:CILIUM_POST_nat - [0:0]\n{}\n{}\nCOMMIT\n",
-                iptables_rules(&d)[0],
-                iptables_rules(&d)[1]
+                "*nat\n:CILIUM_POST_nat - [0:0]\n{}\nCOMMIT\n",
+                iptables_rules(&d).join("\n")
             )
         );
         i.native_routing_cidr = None;
@@ -788,7 +916,7 @@ mod tests {
             "-A CILIUM_POST_nat -d 10.244.1.0/24 -m comment --comment \"exclude traffic to other nodes' pods from masquerade\" -j ACCEPT"
         );
         assert_eq!(
-            iptables_rules(&d)[2],
+            iptables_rules(&d)[4],
             "-A CILIUM_POST_nat -s 10.244.0.0/24 ! -o cilium_+ -m comment --comment \"cilium masquerade non-cluster\" -j MASQUERADE"
         );
         let bpf = MasqDesired::from_intent(&intent(bpf_agent(vec![], false))).unwrap();
@@ -826,8 +954,9 @@ mod tests {
         let fwd = Masq4NatEntry {
             to_addr: be32(NODE),
             to_port: 40000u16.to_be(),
-            pad: 0,
+            flags: 0,
             created_ns: 1_000_000_000,
+            seen_ns: 1_000_000_000,
         };
         let inn = Masq4Tuple {
             saddr: out.daddr,
@@ -841,8 +970,9 @@ mod tests {
         let rev = Masq4NatEntry {
             to_addr: out.saddr,
             to_port: out.sport,
-            pad: 0,
+            flags: 0,
             created_ns: 1_000_000_000,
+            seen_ns: 1_000_000_000,
         };
         let m: BTreeMap<_, _> = [(out, fwd), (inn, rev)].into_iter().collect();
         let (text, err) = format_nat_list(&m, 13_500_000_000);
@@ -858,5 +988,61 @@ mod tests {
             format_nat_list(&BTreeMap::new(), 0).1,
             "No entries found.\n"
         );
+    }
+
+    // Which flows a draining program still serves: a flow is alive while either of its entries
+    // saw a packet within its protocol's timeout; a FIN or RST shortens TCP's to the closing one;
+    // a flow's two entries go together, a lone entry ages alone.
+    #[test]
+    fn drained_flows_follow_conntrack_lifetimes() {
+        use crate::masq_bpf::nat_pair;
+        const S: u64 = 1_000_000_000;
+        let t = DrainTimeouts::default();
+        let ext = Ipv4Addr::new(203, 0, 113, 10);
+        let pod = Ipv4Addr::new(10, 244, 0, 5);
+        let flow = |sport: u16, proto: u8, port: u16, seen: u64| {
+            let mut p = nat_pair((pod, sport), (ext, 443), proto, NODE, port, 0);
+            for (_, v) in p.iter_mut() {
+                v.seen_ns = seen;
+            }
+            p
+        };
+        let now = 30_000 * S;
+        let mut m = BTreeMap::new();
+        // TCP, last packet 1 h ago: alive (6 h).
+        let live_tcp = flow(1000, PROTO_TCP, 40001, now - 3600 * S);
+        // TCP, FIN seen (on the reply side only), 11 s ago: ended.
+        let mut closed_tcp = flow(1001, PROTO_TCP, 40002, now - 11 * S);
+        closed_tcp[1].1.flags = c::MASQ_NAT_F_CLOSING as u16;
+        // TCP, FIN seen 5 s ago: still closing.
+        let mut closing_tcp = flow(1002, PROTO_TCP, 40003, now - 5 * S);
+        closing_tcp[0].1.flags = c::MASQ_NAT_F_CLOSING as u16;
+        // UDP: 61 s idle ended, except that its reverse entry saw a packet 2 s ago.
+        let mut udp = flow(1003, 17, 40004, now - 61 * S);
+        udp[1].1.seen_ns = now - 2 * S;
+        let old_udp = flow(1004, 17, 40005, now - 61 * S);
+        // TCP silent for more than 6 h.
+        let dead_tcp = flow(1005, PROTO_TCP, 40006, now - 21_601 * S);
+        // A lone reverse entry (its forward one evicted), closed 20 s ago.
+        let mut lone = flow(1006, PROTO_TCP, 40007, now - 20 * S);
+        lone[1].1.flags = c::MASQ_NAT_F_CLOSING as u16;
+        for p in [live_tcp, closed_tcp, closing_tcp, udp, old_udp, dead_tcp] {
+            m.extend(p);
+        }
+        m.insert(lone[1].0, lone[1].1);
+        let gone: BTreeSet<Masq4Tuple> = drained_flows(&m, now, &t).into_iter().collect();
+        let want: BTreeSet<Masq4Tuple> = [closed_tcp, old_udp, dead_tcp]
+            .iter()
+            .flat_map(|p| [p[0].0, p[1].0])
+            .chain([lone[1].0])
+            .collect();
+        assert_eq!(gone, want);
+        // A reverse entry that points at another flow (its port was taken over) is not this flow's.
+        let mut stolen = flow(1007, PROTO_TCP, 40008, now - 21_601 * S);
+        stolen[1].1.to_port = 999u16.to_be();
+        stolen[1].1.seen_ns = now;
+        let m: BTreeMap<_, _> = stolen.into_iter().collect();
+        assert_eq!(drained_flows(&m, now, &t), vec![stolen[0].0]);
+        assert!(drained_flows(&BTreeMap::new(), now, &t).is_empty());
     }
 }

@@ -266,6 +266,40 @@ impl MasqDatapath {
         m.insert(k, v, 0).map_err(map_err(NAT_MAP))
     }
 
+    /// The node facts the programs run with (slot 0 of the config map; zeroes when unwritten).
+    pub fn config(&self) -> Result<MasqConfig, BpfError> {
+        let a: Array<&MapData, MasqConfig> =
+            Array::try_from(self.map(CONFIG_MAP)).map_err(map_err(CONFIG_MAP))?;
+        a.get(&0, 0).map_err(map_err(CONFIG_MAP))
+    }
+
+    /// Sets the config's `flags` (`MASQ_F_*`), the rest as it is; returns whether it wrote.
+    pub fn set_flags(&mut self, flags: u32) -> Result<bool, BpfError> {
+        let mut cfg = self.config()?;
+        if cfg.flags == flags {
+            return Ok(false);
+        }
+        cfg.flags = flags;
+        let mut a: Array<&mut MapData, MasqConfig> =
+            Array::try_from(self.map_mut(CONFIG_MAP)).map_err(map_err(CONFIG_MAP))?;
+        a.set(0, cfg, 0).map_err(map_err(CONFIG_MAP))?;
+        Ok(true)
+    }
+
+    /// Removes these NAT entries (those already gone are skipped); returns how many it removed.
+    pub fn nat_remove(&mut self, keys: &[Masq4Tuple]) -> Result<usize, BpfError> {
+        let mut m: HashMap<&mut MapData, Masq4Tuple, Masq4NatEntry> =
+            HashMap::try_from(self.map_mut(NAT_MAP)).map_err(map_err(NAT_MAP))?;
+        let mut n = 0;
+        for k in keys {
+            match m.remove(k) {
+                Ok(()) => n += 1,
+                r => remove_present(r).map_err(map_err(NAT_MAP))?,
+            }
+        }
+        Ok(n)
+    }
+
     /// Forgets every masqueraded flow.
     pub fn flush_nat(&mut self) -> Result<(), BpfError> {
         let mut m: HashMap<&mut MapData, Masq4Tuple, Masq4NatEntry> =
@@ -381,8 +415,9 @@ pub fn nat_pair(
             Masq4NatEntry {
                 to_addr: be32(node),
                 to_port: nat_port.to_be(),
-                pad: 0,
+                flags: 0,
                 created_ns,
+                seen_ns: created_ns,
             },
         ),
         (
@@ -390,8 +425,9 @@ pub fn nat_pair(
             Masq4NatEntry {
                 to_addr: be32(pod.0),
                 to_port: pod.1.to_be(),
-                pad: 0,
+                flags: 0,
                 created_ns,
+                seen_ns: created_ns,
             },
         ),
     ]

@@ -12,8 +12,10 @@ use ipnet::Ipv4Net;
 
 use crate::lb::{mix32, snat_port_candidate};
 use crate::lb_fixtures::{
-    Fragment, FrameSpec, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_SYN, Verdict, csum,
+    Fragment, FrameSpec, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    Verdict, csum,
 };
+use crate::maps::c::MASQ_NAT_F_CLOSING;
 use crate::masq::{MasqDesired, MasqEntries, NAT_PORT_MAX, NAT_PORT_MIN};
 use crate::masq_bpf::nat_pair;
 use crate::masq_maps::{Masq4NatEntry, Masq4Tuple, MasqCounter};
@@ -78,6 +80,13 @@ pub fn world() -> MasqEntries {
         .entries(HASH_SEED)
 }
 
+/// [`world`] draining (after a switch to iptables): flows in the NAT map only.
+pub fn draining_world() -> MasqEntries {
+    let mut w = world();
+    w.config.flags = crate::maps::c::MASQ_F_ENABLED | crate::maps::c::MASQ_F_DRAIN;
+    w
+}
+
 /// The datapath's hash of an OUT tuple (`masq4_flow_hash`).
 pub fn flow_hash(t: &Masq4Tuple, seed: u32) -> u32 {
     let mut h = mix32(seed ^ t.saddr);
@@ -127,6 +136,22 @@ pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
     FrameSpec::tcp(src, dst, TCP_SYN).build()
 }
 
+/// A TCP segment with these flags.
+pub fn tcp_flags(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    FrameSpec::tcp(src, dst, flags).build()
+}
+
+/// `nat_pair` with both entries' flags set (e.g. closing).
+fn with_flags(
+    mut pair: [(Masq4Tuple, Masq4NatEntry); 2],
+    flags: u16,
+) -> [(Masq4Tuple, Masq4NatEntry); 2] {
+    for (_, v) in pair.iter_mut() {
+        v.flags = flags;
+    }
+    pair
+}
+
 pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), zero_csum: bool) -> Vec<u8> {
     let mut s = FrameSpec::udp(src, dst);
     s.l4 = L4::Udp {
@@ -158,8 +183,12 @@ pub struct MasqCase {
     pub verdict: Verdict,
     /// The exact frame expected out (built from scratch); `None`: the input unchanged.
     pub out: Option<Vec<u8>>,
-    /// NAT entries that must exist afterwards (compared without `created_ns`).
+    /// NAT entries that must exist afterwards (compared without `created_ns` and `seen_ns`).
     pub nat_after: Vec<(Masq4Tuple, Masq4NatEntry)>,
+    /// How many NAT entries there must be afterwards (None: not checked).
+    pub nat_len: Option<usize>,
+    /// Runs with [`draining_world`] instead of [`world`].
+    pub drain: bool,
     /// Counters that must grow by exactly this much.
     pub counters: Vec<(MasqCounter, u64)>,
 }
@@ -176,6 +205,8 @@ impl MasqCase {
             verdict: Verdict::Pass,
             out: None,
             nat_after: Vec::new(),
+            nat_len: None,
+            drain: false,
             counters: Vec::new(),
         }
     }
@@ -524,6 +555,129 @@ pub fn masq_cases() -> Vec<MasqCase> {
             tcp((EXT, 443), (NODE_IP, 22)),
         )
     });
+    // A FIN or RST marks the flow's entry closing (so a drain can retire it soon after); a new SYN
+    // on the same tuple (the port reused for a new connection) clears the mark.
+    let pair = nat_pair((POD, 40011), (EXT, 443), PROTO_TCP, NODE_IP, 50140, 0);
+    let closing = MASQ_NAT_F_CLOSING as u16;
+    v.push(MasqCase {
+        nat_before: pair.to_vec(),
+        out: Some(tcp_flags((NODE_IP, 50140), (EXT, 443), TCP_FIN | TCP_ACK)),
+        nat_after: vec![with_flags(pair, closing)[0]],
+        counters: vec![(MasqCounter::Snat, 1)],
+        ..MasqCase::new(
+            "egress_fin_marks_closing",
+            Egress,
+            tcp_flags((POD, 40011), (EXT, 443), TCP_FIN | TCP_ACK),
+        )
+    });
+    v.push(MasqCase {
+        nat_before: pair.to_vec(),
+        out: Some(tcp_flags((EXT, 443), (POD, 40011), TCP_RST)),
+        nat_after: vec![with_flags(pair, closing)[1]],
+        counters: vec![(MasqCounter::RevNat, 1)],
+        ..MasqCase::new(
+            "ingress_rst_marks_closing",
+            Ingress,
+            tcp_flags((EXT, 443), (NODE_IP, 50140), TCP_RST),
+        )
+    });
+    v.push(MasqCase {
+        nat_before: with_flags(pair, closing).to_vec(),
+        out: Some(tcp((NODE_IP, 50140), (EXT, 443))),
+        nat_after: vec![pair[0]],
+        counters: vec![(MasqCounter::Snat, 1), (MasqCounter::SnatNew, 0)],
+        ..MasqCase::new("egress_syn_reopens", Egress, tcp((POD, 40011), (EXT, 443)))
+    });
+
+    // Draining (after a switch to iptables): a flow BPF translated keeps its port both ways...
+    let pair = nat_pair((POD, 40012), (EXT, 443), PROTO_TCP, NODE_IP, 50141, 0);
+    v.push(MasqCase {
+        drain: true,
+        nat_before: pair.to_vec(),
+        out: Some(tcp_flags((NODE_IP, 50141), (EXT, 443), TCP_ACK)),
+        nat_len: Some(2),
+        counters: vec![
+            (MasqCounter::Snat, 1),
+            (MasqCounter::SnatNew, 0),
+            (MasqCounter::DrainPass, 0),
+        ],
+        ..MasqCase::new(
+            "drain_established_egress",
+            Egress,
+            tcp_flags((POD, 40012), (EXT, 443), TCP_ACK),
+        )
+    });
+    v.push(MasqCase {
+        drain: true,
+        nat_before: pair.to_vec(),
+        out: Some(tcp_flags((EXT, 443), (POD, 40012), TCP_ACK)),
+        counters: vec![(MasqCounter::RevNat, 1)],
+        ..MasqCase::new(
+            "drain_established_reply",
+            Ingress,
+            tcp_flags((EXT, 443), (NODE_IP, 50141), TCP_ACK),
+        )
+    });
+    // ... a flow whose reverse entry the LRU evicted gets it back (not a new flow) ...
+    v.push(MasqCase {
+        drain: true,
+        nat_before: vec![pair[0]],
+        out: Some(tcp_flags((NODE_IP, 50141), (EXT, 443), TCP_ACK)),
+        nat_after: pair.to_vec(),
+        counters: vec![(MasqCounter::Snat, 1), (MasqCounter::SnatNew, 0)],
+        ..MasqCase::new(
+            "drain_established_reverse_restored",
+            Egress,
+            tcp_flags((POD, 40012), (EXT, 443), TCP_ACK),
+        )
+    });
+    // ... a pod packet of a flow not in the map gets no port: netfilter decided it (the node's
+    // MASQUERADE ran before this hook), so it passes as netfilter left it ...
+    for (name, frame) in [
+        ("drain_new_tcp_untouched", tcp((POD, 40013), (EXT, 443))),
+        (
+            "drain_new_udp_untouched",
+            udp((POD, 5355), (EXT, 53), false),
+        ),
+        (
+            "drain_new_icmp_untouched",
+            icmp_echo(POD, EXT, ICMP_ECHO_REQUEST, 0x4321),
+        ),
+    ] {
+        v.push(MasqCase {
+            drain: true,
+            nat_len: Some(0),
+            counters: vec![
+                (MasqCounter::DrainPass, 1),
+                (MasqCounter::Snat, 0),
+                (MasqCounter::SnatNew, 0),
+            ],
+            ..MasqCase::new(name, Egress, frame)
+        });
+    }
+    // ... what netfilter already masqueraded is never translated a second time ...
+    v.push(MasqCase {
+        drain: true,
+        nat_before: pair.to_vec(),
+        nat_len: Some(2),
+        counters: vec![(MasqCounter::Snat, 0), (MasqCounter::DrainPass, 0)],
+        ..MasqCase::new(
+            "drain_netfilter_masqueraded_untouched",
+            Egress,
+            tcp((NODE_IP, 40012), (EXT, 443)),
+        )
+    });
+    // ... and netfilter's replies (no NAT entry of ours) go on to netfilter untouched.
+    v.push(MasqCase {
+        drain: true,
+        nat_before: pair.to_vec(),
+        counters: vec![(MasqCounter::RevNat, 0)],
+        ..MasqCase::new(
+            "drain_netfilter_reply_untouched",
+            Ingress,
+            tcp_flags((EXT, 443), (NODE_IP, 40012), TCP_ACK),
+        )
+    });
     v
 }
 
@@ -563,8 +717,17 @@ pub fn check(
                     u16::from_be(v.to_port)
                 ))
             }
+            Some(got) if got.flags != v.flags => errs.push(format!(
+                "NAT entry {k:?}: flags {:#x} expected {:#x}",
+                got.flags, v.flags
+            )),
             Some(_) => {}
         }
+    }
+    if let Some(n) = case.nat_len
+        && nat.len() != n
+    {
+        errs.push(format!("NAT entries: {} expected {n}: {nat:?}", nat.len()));
     }
     for (c, n) in &case.counters {
         let got = counter_delta(*c);

@@ -26,9 +26,19 @@ pub struct Masq4Tuple {
 pub struct Masq4NatEntry {
     pub to_addr: u32,
     pub to_port: u16,
-    pub pad: u16,
+    /// `MASQ_NAT_F_*` ([`c::MASQ_NAT_F_CLOSING`]: a TCP FIN or RST went through this entry).
+    pub flags: u16,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the flow got its port.
     pub created_ns: u64,
+    /// CLOCK_MONOTONIC of the last packet translated through this entry, refreshed at most once a
+    /// second by the datapath.
+    pub seen_ns: u64,
+}
+
+impl Masq4NatEntry {
+    pub fn closing(&self) -> bool {
+        u32::from(self.flags) & c::MASQ_NAT_F_CLOSING != 0
+    }
 }
 
 /// A fragmented reply datagram (key of `cilia_masq_frag_v4`, value: the pod address, `__be32`).
@@ -70,6 +80,8 @@ pub enum MasqCounter {
     Frag,
     RevNatIcmpError,
     RevNatFrag,
+    /// Draining: pod packets of flows without a NAT entry, passed untouched.
+    DrainPass,
 }
 
 // SAFETY: plain-old-data, every bit pattern valid, explicit padding (checked below).
@@ -89,7 +101,9 @@ const _: () = {
     assert!(size_of::<Masq4NatEntry>() == c::SIZE_masq4_nat_entry);
     assert!(offset_of!(Masq4NatEntry, to_addr) == c::OFF_masq4_nat_entry_to_addr);
     assert!(offset_of!(Masq4NatEntry, to_port) == c::OFF_masq4_nat_entry_to_port);
+    assert!(offset_of!(Masq4NatEntry, flags) == c::OFF_masq4_nat_entry_flags);
     assert!(offset_of!(Masq4NatEntry, created_ns) == c::OFF_masq4_nat_entry_created_ns);
+    assert!(offset_of!(Masq4NatEntry, seen_ns) == c::OFF_masq4_nat_entry_seen_ns);
     // The LPM key is aya's `Key<u32>`: prefix length then the address.
     assert!(size_of::<aya::maps::lpm_trie::Key<u32>>() == c::SIZE_ipmasq4_key);
     assert!(c::OFF_ipmasq4_key_prefixlen == 0 && c::OFF_ipmasq4_key_addr == 4);
@@ -101,7 +115,7 @@ const _: () = {
     assert!(offset_of!(MasqConfig, port_min) == c::OFF_masq_config_port_min);
     assert!(offset_of!(MasqConfig, port_max) == c::OFF_masq_config_port_max);
     assert!(offset_of!(MasqConfig, flags) == c::OFF_masq_config_flags);
-    assert!(MasqCounter::RevNatFrag as u32 + 1 == c::MASQ_C_MAX);
+    assert!(MasqCounter::DrainPass as u32 + 1 == c::MASQ_C_MAX);
     assert!(size_of::<Masq4FragKey>() == c::SIZE_masq4_frag_key);
     assert!(offset_of!(Masq4FragKey, saddr) == c::OFF_masq4_frag_key_saddr);
     assert!(offset_of!(Masq4FragKey, daddr) == c::OFF_masq4_frag_key_daddr);

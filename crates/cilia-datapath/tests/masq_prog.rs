@@ -36,6 +36,9 @@ fn table_rows() {
     for case in &cases {
         let pin = PinDir::new("masq", case.name);
         let mut dp = seeded(&pin);
+        if case.drain {
+            dp.apply(&draining_world()).unwrap();
+        }
         for (k, v) in &case.nat_before {
             dp.nat_insert(k, v).unwrap();
         }
@@ -143,4 +146,67 @@ fn restart_is_zero_churn_and_dbg_reads_pins() {
         )),
         "{nat}"
     );
+}
+
+// Every translated packet keeps its flow marked alive (seen_ns, CLOCK_MONOTONIC), which is what a
+// drain goes by; and a drain switched on and off again on the same maps: established flows keep
+// their port throughout, new ones start only when the drain is over.
+#[test]
+fn seen_refresh_and_drain_toggle() {
+    if !can_load_bpf() {
+        return;
+    }
+    let pin = PinDir::new("masq", "drain-toggle");
+    let mut dp = seeded(&pin);
+    let eg = dp.prog_fd(EGRESS_PROG).unwrap();
+    let ing = dp.prog_fd(INGRESS_PROG).unwrap();
+    let (_, out) = run_frame(eg, Hook::Tc, 1, &tcp((POD, 43000), (EXT, 443))).unwrap();
+    let p = u16::from_be_bytes([out[34], out[35]]);
+    // Age the flow's entries, as if its last packet was long ago.
+    for (k, mut v) in dp.nat_entries().unwrap() {
+        v.seen_ns = 1;
+        dp.nat_insert(&k, &v).unwrap();
+    }
+    assert!(dp.set_flags(draining_world().config.flags).unwrap());
+    assert!(
+        !dp.set_flags(draining_world().config.flags).unwrap(),
+        "no write when unchanged"
+    );
+    let t0 = monotonic_ns();
+    let (v, out2) = run_frame(eg, Hook::Tc, 1, &tcp((POD, 43000), (EXT, 443))).unwrap();
+    assert_eq!(
+        (v, &out2),
+        (Verdict::Pass, &out),
+        "the flow keeps its port while draining"
+    );
+    let (_, back) = run_frame(ing, Hook::Tc, 1, &tcp((EXT, 443), (NODE_IP, p))).unwrap();
+    assert_eq!(back, tcp((EXT, 443), (POD, 43000)));
+    let nat = dp.nat_entries().unwrap();
+    assert_eq!(nat.len(), 2);
+    for (k, v) in &nat {
+        // The coarse clock may lag the fine one by a tick (4 ms at HZ=250).
+        assert!(
+            v.seen_ns + 10_000_000 >= t0 && v.seen_ns <= monotonic_ns(),
+            "{k:?}: seen_ns {} not refreshed (now {t0})",
+            v.seen_ns
+        );
+    }
+    let (_, untouched) = run_frame(eg, Hook::Tc, 1, &tcp((POD, 43001), (EXT, 443))).unwrap();
+    assert_eq!(
+        untouched,
+        tcp((POD, 43001), (EXT, 443)),
+        "no new flow while draining"
+    );
+    assert_eq!(dp.nat_entries().unwrap().len(), 2);
+    assert_eq!(dp.counter(MasqCounter::DrainPass).unwrap(), 1);
+    // Drain over (back to BPF): the new flow gets a port, the old one keeps its own.
+    assert!(dp.set_flags(world().config.flags).unwrap());
+    let (_, now_new) = run_frame(eg, Hook::Tc, 1, &tcp((POD, 43001), (EXT, 443))).unwrap();
+    assert_eq!(
+        u16::from_be_bytes([now_new[34], now_new[35]]),
+        nat_port_candidate((POD, 43001), (EXT, 443), 6, 0)
+    );
+    let (_, again) = run_frame(eg, Hook::Tc, 1, &tcp((POD, 43000), (EXT, 443))).unwrap();
+    assert_eq!(again, out);
+    assert_eq!(dp.nat_entries().unwrap().len(), 4);
 }
