@@ -616,7 +616,10 @@ static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const 
 			lb_count(LB_C_CT_HIT);
 			goto xlate;
 		}
-		/* The backend was removed: this flow is broken anyway, give it a live one. */
+		/* The backend's entry is gone. The agent removes a backend that left its services
+		 * only once no live conntrack entry names it (until then it is kept, draining, and the
+		 * hit above keeps the flow on it), so this flow was idle past its lifetime or evicted:
+		 * give it a live backend. */
 		lb_count(LB_C_CT_STALE);
 	}
 new_flow:
@@ -637,7 +640,10 @@ new_flow:
 	hash = lb4_flow_hash(p, cfg->hash_seed);
 	if (svc->flags & LB_SVC_F_AFFINITY) {
 		id = lb4_affinity_get(p, svc);
-		if (id && lb4_backend_get(id))
+		bp = id ? lb4_backend_get(id) : NULL;
+		/* A draining backend (removed, kept only for established flows) takes no new flow,
+		 * affinity or not: the client gets a live backend (and a new affinity). */
+		if (bp && !(bp->flags & LB_BE_F_DRAINING))
 			lb_count(LB_C_AFFINITY_HIT);
 		else
 			id = 0;

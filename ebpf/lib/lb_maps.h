@@ -9,7 +9,9 @@
  *  - New flows pick a backend by a hash of the 5-tuple: over the slots (random), or through the
  *    service's maglev table (cilia_lb4_maglev: hash-of-maps keyed by rev_nat_index, each inner array
  *    maglev.tableSize long, created by the agent at the configured size; memory grows with the maglev
- *    services that exist). cilia_lb4_ct then keeps the flow on that backend for its life.
+ *    services that exist). cilia_lb4_ct then keeps the flow on that backend for its life, also after
+ *    the backend left the service: the agent keeps a removed backend's entry (LB_BE_F_DRAINING)
+ *    until no live conntrack entry names it.
  *  - SNAT: source becomes the node address and a port claimed by a BPF_NOEXIST insert into
  *    cilia_lb4_nat (keyed by the reply's tuple), up to LB_SNAT_PORT_RETRIES hashed candidates.
  *    Replies (backend -> node:port) are restored to VIP:port -> client from it and cilia_lb4_reverse_nat.
@@ -68,6 +70,11 @@
 /* lb4_backend.flags */
 #define LB_BE_F_LOCAL (1 << 0)		/* the backend runs on this node: plain DNAT, reply rewritten on egress */
 #define LB_BE_F_HOST_NETWORK (1 << 1)	/* a hostNetwork pod: cannot take a DSR option, falls back to SNAT */
+/* No service gives the backend new flows any more (it left every service's selection, or only
+ * terminating endpoints name it while active ones are left): the agent keeps its entry so that
+ * established flows (a conntrack hit) finish on it, and removes it once no live conntrack entry
+ * names it. New flows never pick it: it has no slot, and session affinity ignores it. */
+#define LB_BE_F_DRAINING (1 << 2)
 
 /* lb4_ct_entry.fwd: the translation a flow actually got. */
 #define LB_FWD_SNAT 0
@@ -227,7 +234,8 @@ enum lb_counter {
 	LB_C_FWD_LOCAL,		/* sent to a backend on this node (DNAT only) */
 	LB_C_REV_SNAT,		/* reply of an SNATed flow restored to VIP -> client */
 	LB_C_CT_HIT,		/* established flow kept its backend */
-	LB_C_CT_STALE,		/* established flow's backend is gone: chose again */
+	LB_C_CT_STALE,		/* established flow's backend is gone (no live flow was known to use it
+				 * when the agent removed it): chose again */
 	LB_C_NO_BACKEND_DROP,
 	LB_C_NO_BACKEND_REJECT,	/* answered with ICMP port unreachable (or dropped when it has options) */
 	LB_C_SNAT_PORT_RETRY,	/* a candidate SNAT port was taken: tried the next */

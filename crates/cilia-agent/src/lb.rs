@@ -6,9 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use cilia_datapath::bpf::BpfError;
-use cilia_datapath::lb::{assign_backend_ids, desired_entries, lb_diff};
+use cilia_datapath::lb::{
+    BackendRetention, assign_backend_ids_retaining, desired_entries, lb_diff, stale_affinity,
+    wanted_backends,
+};
 use cilia_datapath::lb_bpf::{
     LbDatapath, LbLink, LbLinkKind, LbMapSizes, NODE_TC_PROGS, TC_LB_POD_INGRESS_PROG, XdpAttach,
     pinned_node_links, read_lb_entries,
@@ -16,7 +20,7 @@ use cilia_datapath::lb_bpf::{
 use cilia_datapath::lb_intent::{
     LbIntentError, ServiceRow, maglev_params, node_services, pinned_backend_ids, pinned_service_ids,
 };
-use cilia_datapath::lb_maps::{LbConfig, be32};
+use cilia_datapath::lb_maps::{LbConfig, be32, ct_tick};
 use cilia_model::NodeIntent;
 use cilia_model::service::Acceleration;
 use serde::{Deserialize, Serialize};
@@ -27,6 +31,14 @@ pub const LB_PIN_SUBDIR: &str = "lb";
 /// Source ports SNATed flows leave the node with (Cilium's NodePort NAT range).
 pub const SNAT_PORT_MIN: u16 = 32768;
 pub const SNAT_PORT_MAX: u16 = 65535;
+/// Shortest time between two conntrack scans for removed backends' flows. Scans happen only while
+/// some removed backend is past its grace ([`BackendRetention`]); the apply loop's resync drives
+/// them. A scan reads the whole conntrack map entry by entry (about 3.5 µs an entry: 0.35 s for
+/// 100,000 flows), so the next one also waits [`CT_SCAN_BACKOFF`] times as long as the last took:
+/// at most a twentieth of the agent's time goes to scans, however big the table (a later scan only
+/// delays a release, never a flow).
+pub const CT_SCAN_MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub const CT_SCAN_BACKOFF: u32 = 20;
 
 /// Where the load balancer of an agent with bpf root `bpf_root` pins its maps and links.
 pub fn lb_pin_dir(bpf_root: &Path) -> PathBuf {
@@ -73,6 +85,10 @@ pub struct LbStatus {
     pub algorithm: String,
     pub maglev_table_size: u32,
     pub services: usize,
+    /// Backends no service gives new flows to, kept for established flows (removed ones until no
+    /// live conntrack entry names them, terminating ones while listed).
+    #[serde(default)]
+    pub draining_backends: usize,
 }
 
 /// The agent's load balancer: loaded on first use, maps and links pinned under `pin_dir`.
@@ -92,6 +108,14 @@ pub struct LbAgent {
     /// pod's traffic to a frontend is translated at its edge (DNAT only) and a local backend's
     /// replies get their reverse translation (see [`Self::set_pod_devices`]).
     pod_devices: BTreeSet<(String, u32)>,
+    /// Removed backends kept for their established flows, and when each was removed.
+    retention: BackendRetention,
+    /// The clock of `retention` (monotonic).
+    epoch: Instant,
+    /// When the next conntrack scan may run (see [`CT_SCAN_BACKOFF`]).
+    next_ct_scan: Option<Instant>,
+    /// The slots changed on the last pass: check session affinity once more on this one.
+    affinity_recheck: bool,
 }
 
 /// A device as the load balancer needs it: ifindex, IPv4 addresses, MAC.
@@ -166,6 +190,10 @@ impl LbAgent {
             rows: Vec::new(),
             status: LbStatus::default(),
             pod_devices: BTreeSet::new(),
+            retention: BackendRetention::default(),
+            epoch: Instant::now(),
+            next_ct_scan: None,
+            affinity_recheck: false,
         }
     }
 
@@ -300,14 +328,63 @@ impl LbAgent {
         let devices = self.devices(intent)?;
         let node = intent.node.clone();
         let held = self.held.take();
-        let dp = self.datapath()?;
+        self.datapath()?;
+        // Borrow only the datapath field: the retention state below is another field.
+        let dp = self.dp.as_mut().expect("loaded above");
         let current = match held {
             Some(h) => h,
             None => dp.read_entries()?,
         };
         let svcs = node_services(intent, &pinned_service_ids(&current))?;
-        let ids = assign_backend_ids(&svcs.specs, &pinned_backend_ids(&current));
-        let want = desired_entries(&svcs.specs, &ids, maglev)?;
+        // Backends that left every service stay (draining) while a live conntrack entry may name
+        // them: see BackendRetention for why and when they go. Their ids stay reserved.
+        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        let orphans =
+            self.retention
+                .note_orphans(&current.backends, &wanted_backends(&svcs.specs), now_ns);
+        let scan_due = self.retention.release_due(now_ns)
+            && self.next_ct_scan.is_none_or(|t| Instant::now() >= t);
+        let live_refs = if scan_due {
+            let started = Instant::now();
+            // The tick is read before the scan: an entry that expired before it stays expired.
+            let tick = ct_tick();
+            let r = dp.ct_live_backends(tick);
+            let took = started.elapsed();
+            self.next_ct_scan =
+                Some(Instant::now() + CT_SCAN_MIN_INTERVAL.max(took * CT_SCAN_BACKOFF));
+            match r {
+                Ok(live) => Some(live),
+                // Without the scan nothing is released (keeping is the safe side); next pass.
+                Err(e) => {
+                    warn!(error = %e, "conntrack scan failed; removed backends kept for now");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let kept = self.retention.kept(&orphans, now_ns, live_refs.as_ref());
+        for id in orphans.keys().filter(|id| !kept.contains_key(id)) {
+            info!(
+                backend_id = id,
+                "removed backend released: no live flow names it any more"
+            );
+        }
+        let ids = assign_backend_ids_retaining(
+            &svcs.specs,
+            &pinned_backend_ids(&current),
+            &kept.keys().copied().collect(),
+        );
+        let mut want = desired_entries(&svcs.specs, &ids, maglev)?;
+        for (id, b) in &kept {
+            // Reserved above: no wanted backend can have taken the id.
+            want.backends.entry(*id).or_insert(*b);
+        }
+        let draining_backends = want
+            .backends
+            .values()
+            .filter(|b| u32::from(b.flags) & cilia_datapath::maps::c::LB_BE_F_DRAINING != 0)
+            .count();
         let mut writes = 0u64;
 
         let old_cfg = dp.config()?;
@@ -337,8 +414,27 @@ impl LbAgent {
             info!(
                 writes = diff.len(),
                 services = svcs.specs.len(),
+                draining_backends,
                 "load-balancer maps updated"
             );
+        }
+        // Slots changed: affinity entries naming a backend its service no longer gives new flows
+        // (or of a service that is gone, whose id a new service may take) must not steer new
+        // flows there. After the slot writes; and once more on the next pass, for an entry a
+        // packet that had read the old slots wrote meanwhile (a draining backend is ignored by
+        // the datapath anyway; this covers one still slotted by another service).
+        let affinity_check = !diff.services.is_empty() || self.affinity_recheck;
+        self.affinity_recheck = !diff.services.is_empty();
+        if affinity_check {
+            let stale = stale_affinity(&dp.affinity_entries()?, &want);
+            if !stale.is_empty() {
+                dp.affinity_remove(&stale)?;
+                writes += stale.len() as u64;
+                info!(
+                    entries = stale.len(),
+                    "session affinity to removed backends dropped"
+                );
+            }
         }
         self.held = Some(want);
 
@@ -451,6 +547,7 @@ impl LbAgent {
             .into(),
             maglev_table_size: maglev.table_size,
             services: self.rows.len(),
+            draining_backends,
         };
         Ok(writes)
     }

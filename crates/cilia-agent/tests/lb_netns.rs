@@ -719,3 +719,322 @@ fn bad_intent_keeps_what_is_pinned() {
     let g3 = good.clone();
     assert_eq!(node.call(move |a| a.apply(&g3).unwrap()), 0);
 }
+
+/// Serves `peer <addr> <port>` (the address it sees, the port it listens on) then echoes lines:
+/// the test tells two backends on one address apart.
+fn tagged_echo_server(listener: TcpListener) {
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let peer = s
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                if writeln!(s, "peer {peer} {port}").is_err() {
+                    return;
+                }
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if s.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+fn backend_at(port: u16, terminating: bool) -> BackendIntent {
+    BackendIntent {
+        addr: BACKEND,
+        port,
+        protocol: Protocol::Tcp,
+        port_name: "http".into(),
+        node: Some("backend-node".into()),
+        terminating,
+        host_network: false,
+    }
+}
+
+/// The backend port a connection reached (from the tagged greeting `<addr> <port>`).
+fn port_of(c: &Conn) -> u16 {
+    c.peer
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in greeting {:?}", c.peer))
+}
+
+/// Two namespaces' worth of setup for the drain tests: client, node (TC only) and a backend
+/// address serving on 8080 and 8081 (two backends).
+struct DrainWorld {
+    client: NsWorker<()>,
+    node: NsWorker<LbAgent>,
+    pin: PathBuf,
+}
+
+fn drain_world(nss: &Namespaces, pin: &PinDir) -> DrainWorld {
+    nss.wire().expect("wiring namespaces");
+    let client: NsWorker<()> = NsWorker::start(nss.c(), || ());
+    let be = NsWorker::start(nss.b(), || ());
+    for port in [8080u16, 8081] {
+        let l = be.call(move |_| TcpListener::bind(("0.0.0.0", port)).expect("bind"));
+        tagged_echo_server(l);
+    }
+    let dir = pin.0.clone();
+    let node: NsWorker<LbAgent> =
+        NsWorker::start(nss.n(), move || LbAgent::new(dir, LbMapSizes::small()));
+    DrainWorld {
+        client,
+        node,
+        pin: pin.0.clone(),
+    }
+}
+
+fn drain_intent(web: Vec<BackendIntent>, affinity: Option<u32>, other: bool) -> NodeIntent {
+    let mut i = intent("lb-node", NODE, "n0", Acceleration::Disabled);
+    let mut s = svc(
+        "web",
+        vec![fe(FrontendKind::LoadBalancer, Some(VIP_SNAT), 80)],
+        LbMode::Snat,
+    );
+    s.algorithm = LbAlgorithm::Random;
+    s.backends = web;
+    s.session_affinity_timeout = affinity;
+    let mut svcs = vec![s];
+    if other {
+        // A second service keeping both backends (so neither is draining).
+        let mut o = svc(
+            "other",
+            vec![fe(FrontendKind::LoadBalancer, Some(VIP_DSR), 80)],
+            LbMode::Snat,
+        );
+        o.backends = vec![backend_at(8080, false), backend_at(8081, false)];
+        svcs.push(o);
+    }
+    i.services = ServiceMap::from_iter(svcs);
+    i
+}
+
+fn apply_on(node: &NsWorker<LbAgent>, i: &NodeIntent) -> u64 {
+    let i = i.clone();
+    node.call(move |a| a.apply(&i).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| panic!("apply: {e}"))
+}
+
+/// The pinned backend entry of BACKEND:`port`: (present, draining).
+fn entry_of(pin: &std::path::Path, port: u16) -> (bool, bool) {
+    let e = read_lb_entries(pin).unwrap();
+    match e
+        .backends
+        .values()
+        .find(|b| u16::from_be(b.port) == port && b.address == u32::from(BACKEND).to_be())
+    {
+        Some(b) => (
+            true,
+            u32::from(b.flags) & cilia_datapath::maps::c::LB_BE_F_DRAINING != 0,
+        ),
+        None => (false, false),
+    }
+}
+
+// Issue #8 at the agent: a backend removed from its Service keeps its established connections
+// (its map entry stays, draining, across a restart too) while new connections never reach it;
+// the agent releases the entry only once no live conntrack entry names it (connections closed,
+// close timeout passed), and then writes nothing more. A terminating backend (listed, serving)
+// gets the same: established connections only, unless it is all that is left.
+#[test]
+fn removed_backend_keeps_its_established_connections() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root (namespaces, eBPF)");
+        return;
+    }
+    cilia_datapath::bpf::ensure_bpffs().expect("bpffs");
+    let tag = format!("{}d", std::process::id());
+    let nss = Namespaces::create(&tag);
+    let pin = PinDir::new(&format!("{tag}-node"));
+    let mut w = drain_world(&nss, &pin);
+    let both = drain_intent(
+        vec![backend_at(8080, false), backend_at(8081, false)],
+        None,
+        false,
+    );
+    assert!(apply_on(&w.node, &both) > 0);
+
+    // Connections to both backends (random per flow: open until each has two).
+    let mut conns: Vec<Conn> = Vec::new();
+    for i in 0..64 {
+        let have = |p| conns.iter().filter(|c| port_of(c) == p).count();
+        if have(8080) >= 2 && have(8081) >= 2 {
+            break;
+        }
+        let mut c = Conn::open(&w.client, (VIP_SNAT, 80)).expect("connection to the VIP");
+        c.echo(&format!("open {i}")).unwrap();
+        conns.push(c);
+    }
+    let (mut to_removed, mut to_kept): (Vec<Conn>, Vec<Conn>) =
+        conns.into_iter().partition(|c| port_of(c) == 8081);
+    assert!(
+        to_removed.len() >= 2 && to_kept.len() >= 2,
+        "both backends got connections"
+    );
+
+    // 8081 leaves the Service (gone from the EndpointSlice).
+    let only_8080 = drain_intent(vec![backend_at(8080, false)], None, false);
+    assert!(apply_on(&w.node, &only_8080) > 0);
+    assert_eq!(
+        entry_of(&w.pin, 8081),
+        (true, true),
+        "the removed backend's entry stays, draining"
+    );
+    assert_eq!(w.node.call(|a| a.status.draining_backends), 1);
+    for (i, c) in to_removed.iter_mut().chain(to_kept.iter_mut()).enumerate() {
+        c.echo(&format!("after removal {i}"))
+            .unwrap_or_else(|e| panic!("established connection {i} broke: {e}"));
+    }
+    for i in 0..16 {
+        let mut c = Conn::open(&w.client, (VIP_SNAT, 80)).expect("new connection");
+        assert_eq!(
+            port_of(&c),
+            8080,
+            "new connection {i} reached the removed backend"
+        );
+        c.echo("new").unwrap();
+    }
+
+    // A restart keeps it, writing nothing; past the grace it is still named by live flows.
+    drop(w.node);
+    let dir = w.pin.clone();
+    w.node = NsWorker::start(nss.n(), move || LbAgent::new(dir, LbMapSizes::small()));
+    assert_eq!(apply_on(&w.node, &only_8080), 0, "restart: no writes");
+    std::thread::sleep(Duration::from_nanos(
+        cilia_datapath::lb::BackendRetention::GRACE_NS + 200_000_000,
+    ));
+    assert_eq!(
+        apply_on(&w.node, &only_8080),
+        0,
+        "past the grace, live flows name it: kept"
+    );
+    assert_eq!(entry_of(&w.pin, 8081), (true, true));
+    for c in to_removed.iter_mut() {
+        c.echo("after restart")
+            .expect("established connection after restart");
+    }
+
+    // The connections end: their conntrack entries close (10 s), then the entry is released.
+    let closed = std::time::Instant::now();
+    drop(to_removed);
+    std::thread::sleep(Duration::from_millis(300));
+    apply_on(&w.node, &only_8080);
+    assert_eq!(
+        entry_of(&w.pin, 8081),
+        (true, true),
+        "closing flows still name it"
+    );
+    let mut released = None;
+    while closed.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(1100));
+        apply_on(&w.node, &only_8080);
+        if !entry_of(&w.pin, 8081).0 {
+            released = Some(closed.elapsed());
+            break;
+        }
+    }
+    let released = released.expect("the removed backend is released once its flows are gone");
+    assert!(
+        released >= Duration::from_secs(10),
+        "released after {released:?}, before the close timeout"
+    );
+    assert_eq!(w.node.call(|a| a.status.draining_backends), 0);
+    assert_eq!(
+        apply_on(&w.node, &only_8080),
+        0,
+        "released: nothing more to write"
+    );
+    for c in to_kept.iter_mut() {
+        c.echo("still here").unwrap();
+    }
+
+    // Terminating (listed, serving) while 8080 is active: established only. Alone: it serves.
+    let term = drain_intent(
+        vec![backend_at(8080, false), backend_at(8081, true)],
+        None,
+        false,
+    );
+    apply_on(&w.node, &term);
+    assert_eq!(
+        entry_of(&w.pin, 8081),
+        (true, true),
+        "terminating: draining"
+    );
+    let rows = w.node.call(|a| a.rows.clone());
+    assert!(
+        rows[0]
+            .backends
+            .iter()
+            .any(|b| b.port == 8081 && b.state.name() == "terminating"),
+        "{rows:?}"
+    );
+    for i in 0..16 {
+        let c = Conn::open(&w.client, (VIP_SNAT, 80)).expect("new connection");
+        assert_eq!(
+            port_of(&c),
+            8080,
+            "new connection {i} reached the terminating backend"
+        );
+    }
+    let alone = drain_intent(vec![backend_at(8081, true)], None, false);
+    apply_on(&w.node, &alone);
+    let mut c = Conn::open(&w.client, (VIP_SNAT, 80)).expect("terminating backend alone serves");
+    assert_eq!(port_of(&c), 8081);
+    c.echo("fallback").unwrap();
+}
+
+// Session affinity to a backend its Service dropped (still serving another Service, so not
+// draining) is deleted by the agent: the client's new connections go to a backend still in the
+// Service; its established connection carries on.
+#[test]
+fn affinity_to_a_removed_backend_is_dropped() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root (namespaces, eBPF)");
+        return;
+    }
+    cilia_datapath::bpf::ensure_bpffs().expect("bpffs");
+    let tag = format!("{}a", std::process::id());
+    let nss = Namespaces::create(&tag);
+    let pin = PinDir::new(&format!("{tag}-node"));
+    let w = drain_world(&nss, &pin);
+    let both = drain_intent(
+        vec![backend_at(8080, false), backend_at(8081, false)],
+        Some(300),
+        true,
+    );
+    assert!(apply_on(&w.node, &both) > 0);
+    let mut first = Conn::open(&w.client, (VIP_SNAT, 80)).expect("connection");
+    let sticky = port_of(&first);
+    for i in 0..12 {
+        let c = Conn::open(&w.client, (VIP_SNAT, 80)).expect("connection");
+        assert_eq!(port_of(&c), sticky, "affinity: connection {i} moved");
+    }
+    let other = if sticky == 8080 { 8081 } else { 8080 };
+    let without = drain_intent(vec![backend_at(other, false)], Some(300), true);
+    apply_on(&w.node, &without);
+    assert_eq!(
+        entry_of(&w.pin, sticky),
+        (true, false),
+        "still slotted by the other Service: not draining"
+    );
+    for i in 0..12 {
+        let c = Conn::open(&w.client, (VIP_SNAT, 80)).expect("connection");
+        assert_eq!(
+            port_of(&c),
+            other,
+            "new connection {i} followed affinity to the dropped backend"
+        );
+    }
+    first.echo("established").unwrap();
+}

@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 
 use crate::lb_maglev::{ALLOWED_TABLE_SIZES, MaglevParams, lookup_table};
 use crate::lb_maps::{
-    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Lb4Tuple, be16, be32, ip_of, port_of,
+    Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4CtEntry, Lb4Key, Lb4ReverseNat, Lb4Service,
+    Lb4Tuple, be16, be32, ip_of, port_of,
 };
 use crate::maps::c;
 
@@ -119,6 +120,10 @@ pub struct ServiceSpec {
     /// sessionAffinity: ClientIP with this timeout (seconds).
     pub affinity_timeout: Option<u32>,
     pub no_backend: NoBackendResponse,
+    /// Backends that take no new flow but keep their established ones: terminating endpoints
+    /// while an active backend is left (Cilium's `terminating` state). Their entries are written
+    /// (flagged draining unless another service gives them slots); they get no slot.
+    pub draining: Vec<Backend>,
 }
 
 /// Everything the load-balancing maps hold for a node's services (conntrack aside).
@@ -147,6 +152,20 @@ pub enum LbError {
     MaglevTableSize(u32),
 }
 
+/// Every backend the services name (in slots or draining), by identity.
+pub fn wanted_backends(services: &[ServiceSpec]) -> BTreeSet<BackendKey> {
+    services
+        .iter()
+        .flat_map(|s| {
+            s.backends.iter().chain(&s.draining).map(|b| BackendKey {
+                addr: b.addr,
+                port: b.port,
+                proto: s.frontend.proto,
+            })
+        })
+        .collect()
+}
+
 /// Backend ids for every backend the services name: ids already in `current` are kept (so slots
 /// and conntrack entries stay valid), new backends get the lowest free ids (from 1), and backends
 /// no service names any more are dropped.
@@ -154,22 +173,24 @@ pub fn assign_backend_ids(
     services: &[ServiceSpec],
     current: &BTreeMap<BackendKey, u32>,
 ) -> BTreeMap<BackendKey, u32> {
-    let wanted: BTreeSet<BackendKey> = services
-        .iter()
-        .flat_map(|s| {
-            s.backends.iter().map(|b| BackendKey {
-                addr: b.addr,
-                port: b.port,
-                proto: s.frontend.proto,
-            })
-        })
-        .collect();
+    assign_backend_ids_retaining(services, current, &BTreeSet::new())
+}
+
+/// [`assign_backend_ids`], with `retained` ids (removed backends kept for their established flows,
+/// see [`BackendRetention`]) never handed to another backend: a conntrack entry naming such an id
+/// must keep reaching the backend it was made for.
+pub fn assign_backend_ids_retaining(
+    services: &[ServiceSpec],
+    current: &BTreeMap<BackendKey, u32>,
+    retained: &BTreeSet<u32>,
+) -> BTreeMap<BackendKey, u32> {
+    let wanted = wanted_backends(services);
     let mut out: BTreeMap<BackendKey, u32> = current
         .iter()
         .filter(|(k, _)| wanted.contains(k))
         .map(|(k, v)| (*k, *v))
         .collect();
-    let used: BTreeSet<u32> = out.values().copied().collect();
+    let used: BTreeSet<u32> = out.values().chain(retained).copied().collect();
     let mut free = (1u32..).filter(|i| !used.contains(i));
     for k in wanted {
         out.entry(k)
@@ -229,6 +250,8 @@ pub fn desired_entries(
     let mut out = LbEntries::default();
     let mut seen_ids = BTreeSet::new();
     let mut seen_frontends = BTreeSet::new();
+    // Backend ids with a slot in some service; every other backend entry is draining.
+    let mut slotted = BTreeSet::new();
     for s in services {
         if s.id == 0 {
             return Err(LbError::ZeroId(s.frontend));
@@ -256,29 +279,18 @@ pub fn desired_entries(
         }
         let mut slot_ids = Vec::with_capacity(eligible.len());
         for b in &eligible {
-            let key = BackendKey {
-                addr: b.addr,
-                port: b.port,
-                proto: s.frontend.proto,
-            };
-            let id = *ids.get(&key).ok_or(LbError::MissingBackendId(key))?;
-            let mut flags = 0u32;
-            if b.local {
-                flags |= c::LB_BE_F_LOCAL;
-            }
-            if b.host_network {
-                flags |= c::LB_BE_F_HOST_NETWORK;
-            }
-            out.backends.insert(
-                id,
-                Lb4Backend {
-                    address: be32(b.addr),
-                    port: be16(b.port),
-                    proto: s.frontend.proto.number(),
-                    flags: flags as u8,
-                },
-            );
+            let (key, id) = backend_entry(&mut out, ids, s, b)?;
             slot_ids.push((key, id));
+            slotted.insert(id);
+        }
+        // Draining backends: an entry for their established flows, no slot. One that is also
+        // eligible (listed twice, active and terminating) is active.
+        for b in s
+            .draining
+            .iter()
+            .filter(|b| !s.external_traffic_local || b.local)
+        {
+            backend_entry(&mut out, ids, s, b)?;
         }
         out.services.insert(
             frontend_key(&s.frontend, 0),
@@ -323,7 +335,193 @@ pub fn desired_entries(
             out.maglev.insert(s.id, table);
         }
     }
+    for (id, b) in out.backends.iter_mut() {
+        if !slotted.contains(id) {
+            b.flags |= c::LB_BE_F_DRAINING as u8;
+        }
+    }
     Ok(out)
+}
+
+/// Writes the backend entry of `b` (a backend of `s`) into `out`; its key and id.
+fn backend_entry(
+    out: &mut LbEntries,
+    ids: &BTreeMap<BackendKey, u32>,
+    s: &ServiceSpec,
+    b: &Backend,
+) -> Result<(BackendKey, u32), LbError> {
+    let key = BackendKey {
+        addr: b.addr,
+        port: b.port,
+        proto: s.frontend.proto,
+    };
+    let id = *ids.get(&key).ok_or(LbError::MissingBackendId(key))?;
+    let mut flags = 0u32;
+    if b.local {
+        flags |= c::LB_BE_F_LOCAL;
+    }
+    if b.host_network {
+        flags |= c::LB_BE_F_HOST_NETWORK;
+    }
+    out.backends.insert(
+        id,
+        Lb4Backend {
+            address: be32(b.addr),
+            port: be16(b.port),
+            proto: s.frontend.proto.number(),
+            flags: flags as u8,
+        },
+    );
+    Ok((key, id))
+}
+
+/// Removed backends kept for their established flows.
+///
+/// Why: a conntrack entry names its backend by id, and the datapath keeps a flow on that backend
+/// only while the id's entry exists (`lb4_backend_get`); were the entry deleted when the backend
+/// left its Service, every established flow to it would be sent to another backend mid-stream and
+/// reset. Cilium's terminating state covers the graceful part of this (the endpoint still listed,
+/// terminating); a pod deleted outright, or scaled away, disappears from the EndpointSlice at once.
+///
+/// The design: a backend no service names any more (an orphan) stays in the maps, flagged
+/// [`c::LB_BE_F_DRAINING`] (no slot, so no new flow; session affinity ignores it), and its id is
+/// never handed to another backend (see [`assign_backend_ids_retaining`]). It is released only when
+/// (a) it has been an orphan for at least [`BackendRetention::GRACE_NS`] — so that no packet that
+/// saw it in a slot or affinity entry before the removal can still be writing a conntrack entry
+/// for it — and (b) a scan of the conntrack map found no live (unexpired) entry naming it. An
+/// entry found expired stays expired (the datapath replaces it on its next packet, before looking
+/// at its backend), and no new entry can name an orphan past the grace, so a release after such a
+/// scan never strands a flow. The orphan's key coming back (the same pod address and port listed
+/// again) simply makes it a backend again, with the same id.
+///
+/// State: when each orphan was first seen. It is not persisted: after an agent restart the orphans
+/// read back from the pins start a new grace, which only delays their release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendRetention {
+    since_ns: BTreeMap<u32, u64>,
+}
+
+impl BackendRetention {
+    /// How long an orphan is kept at least (monotonic ns), whatever conntrack says.
+    pub const GRACE_NS: u64 = 2_000_000_000;
+
+    /// Records the orphans of this pass: `current` backends whose identity no service names
+    /// (`wanted`); forgets ids that are no orphan any more. Returns the orphans, by id.
+    pub fn note_orphans(
+        &mut self,
+        current: &BTreeMap<u32, Lb4Backend>,
+        wanted: &BTreeSet<BackendKey>,
+        now_ns: u64,
+    ) -> BTreeMap<u32, Lb4Backend> {
+        let orphans: BTreeMap<u32, Lb4Backend> = current
+            .iter()
+            .filter(|(_, b)| backend_key_of(b).is_none_or(|k| !wanted.contains(&k)))
+            .map(|(id, b)| (*id, *b))
+            .collect();
+        self.since_ns.retain(|id, _| orphans.contains_key(id));
+        for id in orphans.keys() {
+            self.since_ns.entry(*id).or_insert(now_ns);
+        }
+        orphans
+    }
+
+    /// Whether some orphan is past its grace: only then is a conntrack scan worth its cost.
+    pub fn release_due(&self, now_ns: u64) -> bool {
+        self.since_ns
+            .values()
+            .any(|t| now_ns.saturating_sub(*t) >= Self::GRACE_NS)
+    }
+
+    /// The orphans to keep: all of them without a conntrack scan (`live_refs` None); with one, those
+    /// still in their grace or named by a live conntrack entry. Kept entries carry the draining flag.
+    pub fn kept(
+        &self,
+        orphans: &BTreeMap<u32, Lb4Backend>,
+        now_ns: u64,
+        live_refs: Option<&BTreeSet<u32>>,
+    ) -> BTreeMap<u32, Lb4Backend> {
+        orphans
+            .iter()
+            .filter(|(id, _)| {
+                let Some(refs) = live_refs else {
+                    return true;
+                };
+                let in_grace = self
+                    .since_ns
+                    .get(id)
+                    .is_none_or(|t| now_ns.saturating_sub(*t) < Self::GRACE_NS);
+                in_grace || refs.contains(id)
+            })
+            .map(|(id, b)| {
+                (
+                    *id,
+                    Lb4Backend {
+                        flags: b.flags | c::LB_BE_F_DRAINING as u8,
+                        ..*b
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Orphans currently tracked (for status and tests).
+    pub fn len(&self) -> usize {
+        self.since_ns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.since_ns.is_empty()
+    }
+}
+
+fn backend_key_of(b: &Lb4Backend) -> Option<BackendKey> {
+    Some(BackendKey {
+        addr: ip_of(b.address),
+        port: port_of(b.port),
+        proto: Proto::from_number(b.proto)?,
+    })
+}
+
+/// Backend ids named by conntrack entries still alive at `tick` (the datapath's clock,
+/// `bpf_ktime_get_coarse_ns() >> LB_CT_TICK_SHIFT`), with the datapath's own expiry test.
+pub fn live_ct_backends<'a>(
+    entries: impl IntoIterator<Item = &'a Lb4CtEntry>,
+    tick: u32,
+) -> BTreeSet<u32> {
+    entries
+        .into_iter()
+        .filter(|e| (tick.wrapping_sub(e.expires) as i32) <= 0)
+        .map(|e| e.backend_id)
+        .collect()
+}
+
+/// Session-affinity entries that would send a client's new flows to a backend its service no
+/// longer gives new flows to (no slot in `want`), or of a service that is gone: the agent deletes
+/// them after the slots changed, as Cilium's agent deletes the affinity matches of a removed
+/// backend. (The datapath also ignores affinity to a draining backend; this covers a backend still
+/// slotted in another service.)
+pub fn stale_affinity<'a>(
+    entries: impl IntoIterator<Item = (&'a Lb4AffinityKey, &'a Lb4AffinityEntry)>,
+    want: &LbEntries,
+) -> Vec<Lb4AffinityKey> {
+    let mut slots: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for (k, v) in &want.services {
+        if k.backend_slot != 0 {
+            slots
+                .entry(v.rev_nat_index)
+                .or_default()
+                .insert(v.backend_id);
+        }
+    }
+    entries
+        .into_iter()
+        .filter(|(k, v)| {
+            slots
+                .get(&k.rev_nat_index)
+                .is_none_or(|ids| !ids.contains(&v.backend_id))
+        })
+        .map(|(k, _)| *k)
+        .collect()
 }
 
 /// What to write to one map: entries to insert or overwrite, and keys to delete.
@@ -565,6 +763,7 @@ mod tests {
             external_traffic_local: false,
             affinity_timeout: None,
             no_backend: NoBackendResponse::Drop,
+            draining: Vec::new(),
         }
     }
 
@@ -845,6 +1044,209 @@ mod tests {
                 "(1)"
             ]
         );
+    }
+
+    // Draining backends get an entry flagged draining and no slot; a backend slotted in another
+    // service is not draining there (the entry is shared).
+    #[test]
+    fn draining_backends_get_entries_but_no_slots() {
+        let mut a = svc(1, 80, vec![be(1, 80)]);
+        a.draining = vec![be(2, 80), be(3, 80)];
+        let b = svc(2, 81, vec![be(3, 80)]);
+        let e = build(&[a.clone(), b]);
+        let master = e.services[&frontend_key(&a.frontend, 0)];
+        assert_eq!(master.count, 1, "only the active backend has a slot");
+        let by_addr = |last: u8| {
+            *e.backends
+                .values()
+                .find(|x| ip_of(x.address) == Ipv4Addr::new(10, 244, 1, last))
+                .unwrap_or_else(|| panic!("no entry for .{last}: {:?}", e.backends))
+        };
+        let draining = |last| u32::from(by_addr(last).flags) & c::LB_BE_F_DRAINING != 0;
+        assert!(!draining(1));
+        assert!(draining(2), "terminating while others serve");
+        assert!(!draining(3), "slotted by service 2");
+        // A backend listed active and draining at once is active (slotted, not flagged).
+        let mut c2 = svc(1, 80, vec![be(1, 80)]);
+        c2.draining = vec![be(1, 80)];
+        let e = build(&[c2]);
+        assert_eq!(e.backends.len(), 1);
+        assert_eq!(e.backends.values().next().unwrap().flags, 0);
+    }
+
+    fn entry(last: u8) -> Lb4Backend {
+        Lb4Backend {
+            address: be32(Ipv4Addr::new(10, 244, 1, last)),
+            port: be16(80),
+            proto: 6,
+            flags: 0,
+        }
+    }
+
+    fn key(last: u8) -> BackendKey {
+        BackendKey {
+            addr: Ipv4Addr::new(10, 244, 1, last),
+            port: 80,
+            proto: Proto::Tcp,
+        }
+    }
+
+    // A removed backend is kept (draining) through its grace whatever conntrack says, then as long
+    // as a live conntrack entry names it, and released after a scan finds none; without a scan it is
+    // always kept. A backend named again stops being an orphan.
+    #[test]
+    fn removed_backends_are_kept_while_flows_may_use_them() {
+        const S: u64 = 1_000_000_000;
+        let grace = BackendRetention::GRACE_NS;
+        let current: BTreeMap<u32, Lb4Backend> =
+            [(1, entry(1)), (2, entry(2)), (3, entry(3))].into();
+        let wanted: BTreeSet<BackendKey> = [key(1)].into();
+        let none = BTreeSet::new();
+        let refs_2: BTreeSet<u32> = [2].into();
+        let mut r = BackendRetention::default();
+        struct Step {
+            what: &'static str,
+            at: u64,
+            refs: Option<&'static str>,
+            due: bool,
+            kept: Vec<u32>,
+        }
+        let steps = [
+            Step {
+                what: "just removed: kept, no scan due",
+                at: 10 * S,
+                refs: Some("none"),
+                due: false,
+                kept: vec![2, 3],
+            },
+            Step {
+                what: "in grace, scanned: kept anyway",
+                at: 10 * S + grace - 1,
+                refs: Some("none"),
+                due: false,
+                kept: vec![2, 3],
+            },
+            Step {
+                what: "past grace, not scanned: kept",
+                at: 10 * S + grace,
+                refs: None,
+                due: true,
+                kept: vec![2, 3],
+            },
+            Step {
+                what: "past grace, 2 still named: 3 released",
+                at: 10 * S + grace,
+                refs: Some("2"),
+                due: true,
+                kept: vec![2],
+            },
+            Step {
+                what: "no live flow left: released",
+                at: 20 * S,
+                refs: Some("none"),
+                due: true,
+                kept: vec![],
+            },
+        ];
+        for st in steps {
+            let orphans = r.note_orphans(&current, &wanted, st.at);
+            assert_eq!(
+                orphans.keys().copied().collect::<Vec<_>>(),
+                vec![2, 3],
+                "{}",
+                st.what
+            );
+            assert_eq!(r.release_due(st.at), st.due, "{}", st.what);
+            let refs = st.refs.map(|x| if x == "2" { &refs_2 } else { &none });
+            let kept = r.kept(&orphans, st.at, refs);
+            assert_eq!(
+                kept.keys().copied().collect::<Vec<_>>(),
+                st.kept,
+                "{}",
+                st.what
+            );
+            assert!(
+                kept.values()
+                    .all(|b| u32::from(b.flags) & c::LB_BE_F_DRAINING != 0),
+                "{}: kept entries are draining",
+                st.what
+            );
+        }
+        // Backend 2 comes back: no orphan any more, its grace forgotten.
+        let wanted: BTreeSet<BackendKey> = [key(1), key(2)].into();
+        let orphans = r.note_orphans(&current, &wanted, 30 * S);
+        assert_eq!(orphans.keys().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(r.len(), 1);
+        // Removed again later: a new grace starts.
+        let wanted: BTreeSet<BackendKey> = [key(1)].into();
+        r.note_orphans(&current, &wanted, 40 * S);
+        let orphans = r.note_orphans(&current, &wanted, 40 * S + 1);
+        let kept = r.kept(&orphans, 40 * S + 1, Some(&none));
+        assert!(kept.contains_key(&2), "2 is in a new grace");
+    }
+
+    // Retained ids are never handed to a new backend; a retained backend named again keeps its id.
+    #[test]
+    fn retained_ids_are_reserved() {
+        let current: BTreeMap<BackendKey, u32> = [(key(1), 1), (key(2), 2)].into();
+        let s = [svc(1, 80, vec![be(1, 80), be(7, 80)])];
+        let ids = assign_backend_ids_retaining(&s, &current, &[2].into());
+        assert_eq!(ids[&key(1)], 1);
+        assert_eq!(ids[&key(7)], 3, "2 is retained: the new backend takes 3");
+        let ids = assign_backend_ids(&s, &current);
+        assert_eq!(ids[&key(7)], 2, "without retention the freed id is reused");
+        let s = [svc(1, 80, vec![be(1, 80), be(2, 80)])];
+        let ids = assign_backend_ids_retaining(&s, &current, &[2].into());
+        assert_eq!(ids[&key(2)], 2, "back in the service, same id");
+    }
+
+    // Live conntrack entries by the datapath's test: expiry not passed (wrapping tick clock).
+    #[test]
+    fn live_ct_backends_use_the_datapaths_expiry_test() {
+        let e = |backend_id, expires| Lb4CtEntry {
+            backend_id,
+            expires,
+            ..Default::default()
+        };
+        let rows = [
+            ("expires later", 100, e(1, 101), true),
+            ("expires this tick", 100, e(1, 100), true),
+            ("expired", 100, e(1, 99), false),
+            ("across the wrap, live", u32::MAX, e(1, 3), true),
+            ("across the wrap, expired", 3, e(1, u32::MAX), false),
+        ];
+        for (what, tick, entry, live) in rows {
+            assert_eq!(
+                live_ct_backends([&entry], tick).contains(&1),
+                live,
+                "{what}"
+            );
+        }
+    }
+
+    // Affinity entries towards a backend without a slot in their service, or of a gone service,
+    // are stale; others stay.
+    #[test]
+    fn stale_affinity_names_unslotted_backends() {
+        let a = [svc(1, 80, vec![be(1, 80), be(2, 80)])];
+        let ids = assign_backend_ids(&a, &BTreeMap::new());
+        let want = desired_entries(&a, &ids, MaglevParams::default()).unwrap();
+        let k = |client: u32, rev| Lb4AffinityKey {
+            client_addr: client,
+            rev_nat_index: rev,
+        };
+        let v = |id| Lb4AffinityEntry {
+            backend_id: id,
+            ..Default::default()
+        };
+        let entries: BTreeMap<Lb4AffinityKey, Lb4AffinityEntry> = [
+            (k(1, 1), v(ids[&key(1)])),
+            (k(2, 1), v(ids[&key(2)])),
+            (k(3, 1), v(99)),
+            (k(4, 2), v(ids[&key(1)])),
+        ]
+        .into();
+        assert_eq!(stale_affinity(&entries, &want), vec![k(3, 1), k(4, 2)]);
     }
 
     // The SNAT candidates stay within the configured range.

@@ -402,6 +402,66 @@ impl LbDatapath {
         hash_entries(self.map(CT_MAP), CT_MAP)
     }
 
+    /// Backend ids named by conntrack entries alive at `tick` (see [`crate::lb::live_ct_backends`]),
+    /// read entry by entry without holding the whole map. An entry that vanishes while it is read
+    /// (evicted, replaced) is skipped: it names nothing any more.
+    pub fn ct_live_backends(&self, tick: u32) -> Result<BTreeSet<u32>, BpfError> {
+        let m: HashMap<&MapData, Lb4Tuple, crate::lb_maps::Lb4CtEntry> =
+            HashMap::try_from(self.map(CT_MAP)).map_err(map_err(CT_MAP))?;
+        let mut live = BTreeSet::new();
+        for k in m.keys() {
+            let k = match k {
+                Ok(k) => k,
+                // The key iterated from was deleted under us: the kernel restarts from the first
+                // key, so only a hard error ends the scan.
+                Err(e) => return Err(map_err(CT_MAP)(e)),
+            };
+            if let Ok(e) = m.get(&k, 0) {
+                live.extend(crate::lb::live_ct_backends([&e], tick));
+            }
+        }
+        Ok(live)
+    }
+
+    /// Session-affinity entries (client, service → backend).
+    pub fn affinity_entries(
+        &self,
+    ) -> Result<BTreeMap<crate::lb_maps::Lb4AffinityKey, crate::lb_maps::Lb4AffinityEntry>, BpfError>
+    {
+        hash_entries(self.map(AFFINITY_MAP), AFFINITY_MAP)
+    }
+
+    /// Deletes session-affinity entries (those [`crate::lb::stale_affinity`] names); an entry
+    /// already gone (LRU eviction) is fine.
+    pub fn affinity_remove(
+        &mut self,
+        keys: &[crate::lb_maps::Lb4AffinityKey],
+    ) -> Result<(), BpfError> {
+        let mut m: HashMap<
+            &mut MapData,
+            crate::lb_maps::Lb4AffinityKey,
+            crate::lb_maps::Lb4AffinityEntry,
+        > = HashMap::try_from(self.map_mut(AFFINITY_MAP)).map_err(map_err(AFFINITY_MAP))?;
+        for k in keys {
+            remove_present(m.remove(k)).map_err(map_err(AFFINITY_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a session-affinity entry (tests).
+    pub fn affinity_insert(
+        &mut self,
+        k: &crate::lb_maps::Lb4AffinityKey,
+        v: &crate::lb_maps::Lb4AffinityEntry,
+    ) -> Result<(), BpfError> {
+        let mut m: HashMap<
+            &mut MapData,
+            crate::lb_maps::Lb4AffinityKey,
+            crate::lb_maps::Lb4AffinityEntry,
+        > = HashMap::try_from(self.map_mut(AFFINITY_MAP)).map_err(map_err(AFFINITY_MAP))?;
+        m.insert(k, v, 0).map_err(map_err(AFFINITY_MAP))
+    }
+
     /// Writes a conntrack entry (a flow the agent restored, or a test's aged one).
     pub fn ct_insert(
         &mut self,

@@ -105,6 +105,7 @@ pub fn service(
         external_traffic_local: false,
         affinity_timeout: None,
         no_backend: NoBackendResponse::Drop,
+        draining: Vec::new(),
     }
 }
 

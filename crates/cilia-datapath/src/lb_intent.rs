@@ -9,7 +9,10 @@
 //!   local backends; with none, the node does not serve the frontend — it is kept with no slot and
 //!   drops (Cilium drops; no ICMP reject, which would tell the client the Service is closed).
 //! - `internalTrafficPolicy: Local`: the same for ClusterIP frontends.
-//! - Terminating backends are used only when no active one is left (after the locality filter).
+//! - Terminating backends take new flows only when no active one is left (after the locality
+//!   filter); otherwise they are draining: their entries stay (established flows finish on them),
+//!   without a slot. Backends gone from the intent altogether are kept the same way by the agent
+//!   while conntrack may name them ([`crate::lb::BackendRetention`]).
 //! - Service ids (rev-NAT indexes) are stable: ids of frontends already pinned are kept (read back
 //!   from the maps with [`pinned_service_ids`]), new frontends take the lowest free ids.
 //! - DSR applies to external frontends only; ClusterIP traffic reaching a node device is SNATed
@@ -238,12 +241,14 @@ fn validate_frontend(
     })
 }
 
-/// The backends a frontend uses on this node, with their state.
+/// The backends a frontend names on this node: (backend, local, state, takes new flows). A
+/// terminating backend takes new flows only while no active one is left (after the locality
+/// filter); otherwise it only keeps its established flows (Cilium's `terminating` state).
 fn eligible<'a>(
     intent: &NodeIntent,
     svc: &'a ServiceIntent,
     f: &FrontendIntent,
-) -> Vec<(&'a BackendIntent, bool, BackendState)> {
+) -> Vec<(&'a BackendIntent, bool, BackendState, bool)> {
     let local_only = match f.kind {
         FrontendKind::ClusterIp => svc.internal_traffic_local,
         _ => svc.external_traffic_local,
@@ -258,14 +263,13 @@ fn eligible<'a>(
     let any_active = candidates.iter().any(|(b, _)| !b.terminating);
     candidates
         .into_iter()
-        .filter(|(b, _)| !any_active || !b.terminating)
         .map(|(b, local)| {
             let st = if b.terminating {
                 BackendState::Terminating
             } else {
                 BackendState::Active
             };
-            (b, local, st)
+            (b, local, st, !any_active || !b.terminating)
         })
         .collect()
 }
@@ -343,7 +347,14 @@ pub fn node_services(
     }
     for (fe, svc, f) in planned {
         let external = f.kind != FrontendKind::ClusterIp;
-        let backends = eligible(intent, svc, f);
+        let named = eligible(intent, svc, f);
+        let backends: Vec<_> = named.iter().filter(|(.., new_flows)| *new_flows).collect();
+        let lb_backend = |(b, local, ..): &(&BackendIntent, bool, BackendState, bool)| Backend {
+            addr: b.addr,
+            port: b.port,
+            local: *local,
+            host_network: b.host_network,
+        };
         let local_only = if external {
             svc.external_traffic_local
         } else {
@@ -367,24 +378,29 @@ pub fn node_services(
         let spec = ServiceSpec {
             id: ids[&fe],
             frontend: fe,
-            backends: backends
-                .iter()
-                .map(|(b, local, _)| Backend {
-                    addr: b.addr,
-                    port: b.port,
-                    local: *local,
-                    host_network: b.host_network,
-                })
-                .collect(),
+            backends: backends.iter().map(|n| lb_backend(n)).collect(),
             mode: m,
             algorithm: algorithm(svc.algorithm),
             external_traffic_local: external && svc.external_traffic_local,
             affinity_timeout: svc.session_affinity_timeout,
             no_backend: nb,
+            // Listed twice (active in one slice, terminating in another): it is active.
+            draining: named
+                .iter()
+                .filter(|(b, _, _, new_flows)| {
+                    !*new_flows
+                        && !backends
+                            .iter()
+                            .any(|(a, ..)| (a.addr, a.port) == (b.addr, b.port))
+                })
+                .map(lb_backend)
+                .collect(),
         };
-        let mut rows: Vec<BackendRow> = backends
+        // Every backend the frontend names, as Cilium lists them (terminating ones too); one row
+        // per address and port, the active state first.
+        let mut rows: Vec<BackendRow> = named
             .iter()
-            .map(|(b, local, st)| BackendRow {
+            .map(|(b, local, st, _)| BackendRow {
                 addr: b.addr,
                 port: b.port,
                 protocol: fe.proto.name().to_string(),
@@ -392,7 +408,7 @@ pub fn node_services(
                 local: *local,
             })
             .collect();
-        rows.sort_by_key(|r| (r.addr, r.port));
+        rows.sort_by_key(|r| (r.addr, r.port, r.state));
         rows.dedup_by_key(|r| (r.addr, r.port));
         out.rows.push(ServiceRow {
             id: spec.id,
@@ -653,6 +669,13 @@ mod tests {
             .map(|b| b.addr)
             .collect();
         assert_eq!(addrs, vec![Ipv4Addr::new(10, 244, 1, 2)]);
+        // The terminating one keeps its established flows: an entry, no slot.
+        let draining: Vec<_> = spec_of(&n, CIP, 80)
+            .draining
+            .iter()
+            .map(|b| b.addr)
+            .collect();
+        assert_eq!(draining, vec![Ipv4Addr::new(10, 244, 1, 1)]);
         let n = node_services(
             &with(vec![web(vec![
                 be(1, "worker", true),
@@ -662,6 +685,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec_of(&n, CIP, 80).backends.len(), 2);
+        assert!(spec_of(&n, CIP, 80).draining.is_empty());
         let row = n
             .rows
             .iter()
@@ -672,6 +696,23 @@ mod tests {
                 .iter()
                 .all(|b| b.state == BackendState::Terminating)
         );
+    }
+
+    // The terminating fallback is decided per frontend after the locality filter: with
+    // externalTrafficPolicy Local, a node whose only local backend terminates serves external
+    // traffic with it, while ClusterIP (all backends) uses the ready remote one and only drains it.
+    #[test]
+    fn terminating_fallback_follows_the_traffic_policy() {
+        let mut s = web(vec![be(1, "worker", true), be(2, "worker2", false)]);
+        s.external_traffic_local = true;
+        let n = node_services(&with(vec![s]), &BTreeMap::new()).unwrap();
+        let addrs = |v: &[Backend]| v.iter().map(|b| b.addr).collect::<Vec<_>>();
+        let lb = spec_of(&n, LBIP, 80);
+        assert_eq!(addrs(&lb.backends), vec![Ipv4Addr::new(10, 244, 1, 1)]);
+        assert!(lb.draining.is_empty());
+        let ci = spec_of(&n, CIP, 80);
+        assert_eq!(addrs(&ci.backends), vec![Ipv4Addr::new(10, 244, 1, 2)]);
+        assert_eq!(addrs(&ci.draining), vec![Ipv4Addr::new(10, 244, 1, 1)]);
     }
 
     // Backends serve only the frontend whose port name and protocol match.
@@ -813,7 +854,12 @@ mod tests {
                 "(active)"
             ]
         );
-        assert_eq!(lines.len(), 4, "{out}");
+        // The terminating backend is listed (Cilium lists it, state `terminating`).
+        assert_eq!(lines.len(), 7, "{out}");
+        assert!(
+            lines[2].ends_with("10.244.1.2:8080/TCP (terminating)"),
+            "{out}"
+        );
         let col = lines[0].find("Backend").unwrap();
         assert_eq!(lines[1].find("1 =>").unwrap(), col, "{out}");
         let e = node_services(&with(vec![web(vec![])]), &BTreeMap::new()).unwrap();

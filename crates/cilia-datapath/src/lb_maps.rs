@@ -183,7 +183,7 @@ pub struct Lb4FragPorts {
 
 /// Session affinity key: a client towards a service.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lb4AffinityKey {
     pub client_addr: u32,
     pub rev_nat_index: u32,

@@ -3,11 +3,13 @@
 //! (Cilium's defaults: TCP handshake 60 s, established 6 h, closing 10 s, UDP 60 s); then entries
 //! past their lifetime are replaced and give their SNAT port back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use cilia_datapath::lb::{
-    BackendKey, Proto, ServiceSpec, assign_backend_ids, desired_entries, lb_diff,
+    BackendKey, BackendRetention, Proto, ServiceSpec, assign_backend_ids,
+    assign_backend_ids_retaining, desired_entries, lb_diff, wanted_backends,
 };
 use cilia_datapath::lb_bpf::{LbDatapath, LbMapSizes, TC_LB_INGRESS_PROG, XDP_LB_PROG};
 use cilia_datapath::lb_fixtures::*;
@@ -299,6 +301,232 @@ fn removed_backend_is_not_used() {
                     hex(&out)
                 ));
             }
+        }
+        failures
+    })
+    .unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What the agent writes for `services` (see `cilia-agent`'s `LbAgent::apply`): removed backends
+/// kept (draining) per `retention`, scanned conntrack references `refs` (None: no scan).
+fn agent_apply(
+    dp: &mut LbDatapath,
+    services: &[ServiceSpec],
+    retention: &mut BackendRetention,
+    now_ns: u64,
+    refs: Option<&BTreeSet<u32>>,
+) {
+    let cur = dp.read_entries().unwrap();
+    let orphans = retention.note_orphans(&cur.backends, &wanted_backends(services), now_ns);
+    let kept = retention.kept(&orphans, now_ns, refs);
+    let ids = assign_backend_ids_retaining(
+        services,
+        &cilia_datapath::lb_intent::pinned_backend_ids(&cur),
+        &kept.keys().copied().collect(),
+    );
+    let mut want = desired_entries(services, &ids, MAGLEV).unwrap();
+    for (id, b) in kept {
+        want.backends.entry(id).or_insert(b);
+    }
+    dp.apply(&lb_diff(&want, &cur), MAGLEV).unwrap();
+}
+
+/// How a backend leaves the services in a [`DrainRow`].
+#[derive(Debug, Clone, Copy)]
+enum Leaves {
+    /// Gone from the EndpointSlice (pod deleted, scaled down): no service names it.
+    Removed,
+    /// Still listed, terminating, while active backends are left: draining in every service.
+    Terminating,
+}
+
+struct DrainRow {
+    name: &'static str,
+    vip: Ipv4Addr,
+    leaves: Leaves,
+}
+
+fn drain_rows() -> Vec<DrainRow> {
+    let mut v = Vec::new();
+    for (alg, vip) in [
+        ("random", VIP_SNAT),
+        ("maglev", VIP_MAGLEV),
+        ("affinity", VIP_AFFINITY),
+    ] {
+        for leaves in [Leaves::Removed, Leaves::Terminating] {
+            v.push(DrainRow {
+                name: match (alg, leaves) {
+                    ("random", Leaves::Removed) => "random_removed",
+                    ("random", Leaves::Terminating) => "random_terminating",
+                    ("maglev", Leaves::Removed) => "maglev_removed",
+                    ("maglev", Leaves::Terminating) => "maglev_terminating",
+                    ("affinity", Leaves::Removed) => "affinity_removed",
+                    _ => "affinity_terminating",
+                },
+                vip,
+                leaves,
+            });
+        }
+    }
+    v
+}
+
+/// The test world with five backends behind the SNAT service too (a choice to take away).
+fn drain_world() -> Vec<ServiceSpec> {
+    let mut w = world();
+    for s in w.iter_mut().filter(|s| s.frontend.addr == VIP_SNAT) {
+        s.backends = maglev_backends();
+    }
+    w
+}
+
+// Issue #8: a backend leaving its Service (removed from the EndpointSlice, or terminating while
+// others serve) keeps its established flows — the conntrack hit still reaches it — while new flows,
+// also from a client whose session affinity names it, never pick it. Once the agent releases it
+// (no live conntrack entry named it), the old flow's next packet is balanced again (stale).
+#[test]
+fn established_flows_keep_a_leaving_backend() {
+    if !can_load_bpf() {
+        return;
+    }
+    const S: u64 = 1_000_000_000;
+    let failures = in_test_net(|net| {
+        let mut failures = Vec::new();
+        for row in drain_rows() {
+            for hook in [Hook::Xdp, Hook::Tc] {
+                let what = format!("{} [{hook:?}]", row.name);
+                let pin = PinDir::new("lbdrain", row.name);
+                let mut dp = seeded(&pin.0, &drain_world());
+                let fd = prog(&dp, hook);
+                let mut retention = BackendRetention::default();
+                let client = (CLIENT, CLIENT_PORT);
+                let syn = FrameSpec::tcp(client, (row.vip, 80), TCP_SYN).build();
+                let ack = FrameSpec::tcp(client, (row.vip, 80), TCP_ACK).build();
+                let (v, out) = run_frame(fd, hook, net.lb0, &syn).unwrap();
+                let Ok(first) = parse(&out) else {
+                    failures.push(format!("{what}: SYN not translated: {v:?}"));
+                    continue;
+                };
+                let chosen = first.dst;
+                // The backend leaves every service naming it.
+                let mut w = drain_world();
+                for s in w.iter_mut() {
+                    let Some(i) = s.backends.iter().position(|b| b.addr == chosen) else {
+                        continue;
+                    };
+                    let b = s.backends.remove(i);
+                    if let Leaves::Terminating = row.leaves {
+                        s.draining.push(b);
+                    }
+                }
+                agent_apply(&mut dp, &w, &mut retention, 10 * S, None);
+
+                // The established flow: a conntrack hit, still to the same backend.
+                let c0 = dp.counters().unwrap();
+                let (v, out) = run_frame(fd, hook, net.lb0, &ack).unwrap();
+                let c1 = dp.counters().unwrap();
+                let grew = |c: LbCounter, a: &[u64], b: &[u64]| b[c as usize] - a[c as usize];
+                match parse(&out) {
+                    Ok(p) if v == Verdict::Tx && p.dst == chosen => {}
+                    r => failures.push(format!(
+                        "{what}: established flow moved off {chosen}: {v:?} {r:?}"
+                    )),
+                }
+                if grew(LbCounter::CtHit, &c0, &c1) != 1 || grew(LbCounter::CtStale, &c0, &c1) != 0
+                {
+                    failures.push(format!("{what}: not a plain conntrack hit"));
+                }
+
+                // New flows, from the same client (whose affinity, if any, names the backend)
+                // and from others: never to the leaving backend.
+                for i in 0..48u16 {
+                    let src = if i % 2 == 0 {
+                        (CLIENT, 20000 + i)
+                    } else {
+                        (Ipv4Addr::new(198, 51, 100, i as u8), 20000 + i)
+                    };
+                    let c0 = dp.counters().unwrap();
+                    let f = FrameSpec::tcp(src, (row.vip, 80), TCP_SYN).build();
+                    let (v, out) = run_frame(fd, hook, net.lb0, &f).unwrap();
+                    let c1 = dp.counters().unwrap();
+                    match parse(&out) {
+                        Ok(p) if v == Verdict::Tx && p.dst != chosen => {}
+                        r => failures.push(format!(
+                            "{what}: new flow {src:?} went to the leaving {chosen}: {v:?} {r:?}"
+                        )),
+                    }
+                    if i == 0 && grew(LbCounter::AffinityHit, &c0, &c1) != 0 {
+                        failures.push(format!(
+                            "{what}: affinity to the leaving backend was followed"
+                        ));
+                    }
+                }
+
+                // Released (past the grace, a scan found no live flow naming it — the test says
+                // so): the old flow's next packet finds no backend and is balanced again.
+                agent_apply(&mut dp, &w, &mut retention, 20 * S, Some(&BTreeSet::new()));
+                if dp
+                    .read_entries()
+                    .unwrap()
+                    .backends
+                    .values()
+                    .any(|b| ip_of(b.address) == chosen)
+                    != matches!(row.leaves, Leaves::Terminating)
+                {
+                    failures.push(format!(
+                        "{what}: after release the entry of {chosen} should exist only while \
+                         it is listed terminating"
+                    ));
+                }
+                if let Leaves::Removed = row.leaves {
+                    let c0 = dp.counters().unwrap();
+                    let (v, out) = run_frame(fd, hook, net.lb0, &ack).unwrap();
+                    let c1 = dp.counters().unwrap();
+                    if grew(LbCounter::CtStale, &c0, &c1) != 1 {
+                        failures.push(format!("{what}: released backend not noticed stale"));
+                    }
+                    if parse(&out).is_ok_and(|p| p.dst == chosen) {
+                        failures.push(format!("{what}: sent to a released backend: {v:?}"));
+                    }
+                }
+            }
+        }
+        failures
+    })
+    .unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// The agent's release test reads what the datapath wrote: a scan of the conntrack map names the
+// backends of live entries only (an aged entry does not hold its backend).
+#[test]
+fn conntrack_scan_names_live_flows_backends() {
+    if !can_load_bpf() {
+        return;
+    }
+    let failures = in_test_net(|net| {
+        let mut failures = Vec::new();
+        let pin = PinDir::new("lbdrain", "scan");
+        let mut dp = seeded(&pin.0, &drain_world());
+        let fd = prog(&dp, Hook::Tc);
+        let syn = FrameSpec::tcp((CLIENT, CLIENT_PORT), (VIP_SNAT, 80), TCP_SYN).build();
+        run_frame(fd, Hook::Tc, net.lb0, &syn).unwrap();
+        let key = Lb4Tuple::new((CLIENT, CLIENT_PORT), (VIP_SNAT, 80), PROTO_TCP);
+        let e = dp.ct_entries().unwrap()[&key];
+        let live = dp.ct_live_backends(ct_tick()).unwrap();
+        if !live.contains(&e.backend_id) {
+            failures.push(format!(
+                "live flow's backend {} not named: {live:?}",
+                e.backend_id
+            ));
+        }
+        let mut aged = e;
+        aged.expires = ct_tick().wrapping_sub(2);
+        dp.ct_insert(&key, &aged).unwrap();
+        let live = dp.ct_live_backends(ct_tick()).unwrap();
+        if live.contains(&e.backend_id) {
+            failures.push(format!("expired flow still holds backend {}", e.backend_id));
         }
         failures
     })

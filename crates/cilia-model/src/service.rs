@@ -360,7 +360,8 @@ pub struct BackendIntent {
     /// The node running it: the agent marks backends on its own node local
     /// (`externalTrafficPolicy` / `internalTrafficPolicy: Local`).
     pub node: Option<String>,
-    /// Not ready but serving and terminating: used only when no ready backend is left.
+    /// Not ready but serving and terminating: keeps its established flows, and takes new ones only
+    /// when no active backend is left for a frontend (the agent decides, per frontend).
     pub terminating: bool,
     /// The address is a node's own (a hostNetwork pod): DSR falls back to SNAT for it.
     pub host_network: bool,
@@ -557,8 +558,11 @@ pub fn is_load_balanced(svc: &ServiceInfo) -> bool {
 /// Frontends: each clusterIP × port; for NodePort and LoadBalancer Services each allocated
 /// nodePort (address: the node's own); for LoadBalancer Services each ingress IP × port; each
 /// externalIP × port. Backends, per Service port: the endpoints of the slice ports with the same
-/// name and protocol; ready ones, or — when the port has no ready endpoint at all — the serving
-/// and terminating ones, marked `terminating`.
+/// name and protocol: ready ones, and the serving and terminating ones, marked `terminating`.
+/// Terminating backends are always carried (Cilium keeps them in its backend map, state
+/// `terminating`): the agent gives them no new flow while an active backend is left for the
+/// frontend (decided per frontend, after `externalTrafficPolicy`/`internalTrafficPolicy: Local`
+/// filtered the set), but keeps their entries so established flows finish on them.
 pub fn service_intent<'s>(
     svc: &ServiceInfo,
     slices: impl IntoIterator<Item = &'s EndpointSliceInfo>,
@@ -637,7 +641,8 @@ pub fn service_intent<'s>(
                 }
             }
         }
-        backends.extend(if ready.is_empty() { terminating } else { ready });
+        backends.extend(ready);
+        backends.extend(terminating);
     }
     backends.sort();
     backends.dedup();

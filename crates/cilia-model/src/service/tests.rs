@@ -209,12 +209,13 @@ fn backends_from_endpoint_slices() {
             vec![be(POD_A, 8080, "http", None)],
         ),
         (
-            "terminating ones only while no ready one is left",
+            "terminating ones are carried beside ready ones, marked (the agent keeps them for \
+             established flows only)",
             vec![web_slice(vec![
                 ready(POD_A, None),
                 terminating(POD_B, None),
             ])],
-            vec![be(POD_A, 8080, "http", None)],
+            vec![be(POD_A, 8080, "http", None), term(POD_B, None)],
         ),
         (
             "only terminating ones: they serve, marked",
@@ -309,8 +310,7 @@ fn backends_from_endpoint_slices() {
     }
 }
 
-// The ready-or-terminating choice is made per Service port: a port whose backends all terminate
-// keeps them while another port has ready ones.
+// Terminating endpoints are listed per Service port, next to the other ports' ready ones.
 #[test]
 fn terminating_fallback_is_per_port() {
     let svc = mk_service(
