@@ -1108,6 +1108,11 @@ fn plug(lan: &NetNs, ns: &NetNs, role: &str, ip: Ipv4Addr) -> anyhow::Result<()>
     lan.ip(&["link", "set", &port, "master", "br0", "up"])?;
     ns.ip(&["addr", "add", &format!("{ip}/{LAN_PREFIX}"), "dev", "eth0"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
+    // Wires, not veths: frames leave with full checksums (`tx_csum_off`), and the bridge port
+    // takes the frames a node's native XDP sends back out of its eth0 (`gro_on`), as a NIC would.
+    ns.run(|| crate::netns::tx_csum_off("eth0"))??;
+    let p = port.clone();
+    lan.run(move || crate::netns::gro_on(&p))??;
     Ok(())
 }
 

@@ -627,16 +627,13 @@ impl SeedWorld {
             Some("native")
         );
 
-        // The seed Service with two backends on worker; the client reaches the LB pool through
-        // worker (a router's job here). Both backends are local to the node the VIP's traffic
-        // enters: in this veth lab, native XDP sending a frame back out of its own veth towards
-        // a backend on another node (XDP_TX) loses it (the load balancer's open issue: every
-        // connection fails, with or without masquerading), so a remote backend would measure
-        // that, not the toggles. The VIP path still runs through XDP (it passes the packet to TC
-        // for the pod's device) under `native` and through TC alone under `disabled`.
+        // The seed Service with a backend on worker and one on worker2; the client reaches the
+        // LB pool through worker (a router's job here). Under `native` the VIP's packets meet XDP
+        // first (sent back out of eth0 for worker2's backend, handed to TC for worker's), under
+        // `disabled` TC alone.
         let mut backends = Vec::new();
         let mut servers = Vec::new();
-        for (node, name) in [("worker", "deathstar-1"), ("worker", "deathstar-2")] {
+        for (node, name) in [("worker", "deathstar-1"), ("worker2", "deathstar-2")] {
             let pod = lab.add_pod(node, name).expect("backend pod");
             servers.push(LineEcho::start(
                 &pod.ns_path(),

@@ -1042,3 +1042,55 @@ fn dsr_and_hybrid_reach_remote_backends() {
         "hybrid UDP never reached the remote backend: {seen:?}"
     );
 }
+
+/// The sum over CPUs of the load balancer's counter `index` on `node` (`cilia_lb_counters`).
+fn lb_counter(lab: &Lab, node: &str, index: u64) -> u64 {
+    let pin = format!("/sys/fs/bpf/cilia/{}-{node}/lb/cilia_lb_counters", lab.run);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", &pin])
+        .output()
+        .expect("bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["formatted"])
+        .filter(|f| f["key"].as_u64() == Some(index))
+        .flat_map(|f| f["values"].as_array().cloned().unwrap_or_default())
+        .filter_map(|x| x["value"].as_u64())
+        .sum()
+}
+
+/// `LB_C_XMIT_TX` in `ebpf/lib/lb_maps.h`: sent back out of the device it came in on.
+const LB_C_XMIT_TX: u64 = 17;
+
+// Claim 8: `loadBalancer.acceleration: native` (the seed's setting). Native XDP on the node's
+// device serves the VIP for a backend on another node — translating and sending it back out of
+// eth0 itself (XDP_TX, counted) — and for a backend on the node (handed to TC, which redirects it
+// to the pod's device): the same decisions as without XDP.
+#[test]
+fn native_acceleration_serves_remote_and_local_backends() {
+    let w = up();
+    w.lab
+        .apply_cilium_config(&[
+            ("kube-proxy-replacement", "true"),
+            ("bpf-lb-acceleration", "native"),
+        ])
+        .expect("cilium-config applies");
+    wait_until(STEP, || w.lab.agent_log("worker").contains("Xdp(Native)"))
+        .unwrap_or_else(|_| panic!("no native XDP on worker:\n{}", w.lab.agent_log("worker")));
+    let client = w.lab.client.path();
+    let vip = SocketAddr::new(IpAddr::V4(w.vip), 80);
+    let before = lb_counter(&w.lab, "worker", LB_C_XMIT_TX);
+    let seen = seen_from(&client, vip);
+    assert_eq!(
+        seen,
+        [IpAddr::V4(CLIENT_IP), IpAddr::V4(node_ip(&w.lab, "worker"))].into(),
+        "VIP under native XDP: backends saw"
+    );
+    let sent = lb_counter(&w.lab, "worker", LB_C_XMIT_TX) - before;
+    assert!(
+        sent > 0,
+        "worker's XDP program sent nothing back out of eth0 (XDP_TX): TC did all the work"
+    );
+}
