@@ -70,6 +70,10 @@ pub struct ClusterState {
     /// `cilium-l2announce-*` Leases record): the fence of a hand-over from a lapsing node.
     #[serde(default)]
     pub l2_holders: BTreeMap<String, String>,
+    /// Services (`namespace/name`) whose announcer is moving from one live node to another: no
+    /// node announces them until the old one confirmed it stopped (or its lease ran out).
+    #[serde(default)]
+    pub l2_fenced: BTreeSet<String>,
     /// `CiliumClusterwideNetworkPolicy` rules, converted (a policy that failed is absent whole).
     #[serde(default)]
     pub policies: Vec<crate::policy::PolicyRule>,
@@ -133,18 +137,20 @@ impl ClusterState {
 
     /// Every Service's L2 announcer, fenced against hand-overs from lapsing nodes; none when L2
     /// announcements are off.
-    pub fn l2_choices(
-        &self,
-    ) -> BTreeMap<crate::service::ServiceName, crate::l2::L2Choice> {
+    pub fn l2_choices(&self) -> BTreeMap<crate::service::ServiceName, crate::l2::L2Choice> {
         if !self.datapath.l2_announcements || self.l2_policies.is_empty() {
             return BTreeMap::new();
         }
-        crate::l2::choose_announcers_fenced(
+        let mut c = crate::l2::choose_announcers_fenced(
             &self.l2_policies,
             &self.l2_nodes(),
             &self.services,
             &self.endpoint_slices,
             &self.l2_holders,
-        )
+        );
+        if !self.l2_fenced.is_empty() {
+            c.retain(|svc, _| !self.l2_fenced.contains(&svc.to_string()));
+        }
+        c
     }
 }

@@ -575,7 +575,9 @@ pub fn apply(intent: &NodeIntent, delta: &Delta) -> Result<NodeIntent, DeltaErro
     i.services = services;
     i.datapath = datapath.unwrap_or_default();
     i.l2 = l2.map(Arc::new).unwrap_or_else(|| intent.l2.clone());
-    i.policy = policy.map(Arc::new).unwrap_or_else(|| intent.policy.clone());
+    i.policy = policy
+        .map(Arc::new)
+        .unwrap_or_else(|| intent.policy.clone());
     Ok(i)
 }
 

@@ -60,6 +60,7 @@ struct L2Inputs {
     policies: Vec<L2Policy>,
     agents: BTreeMap<String, AgentReport>,
     holders: BTreeMap<String, String>,
+    fenced: BTreeSet<String>,
 }
 
 #[derive(Clone, PartialEq)]
@@ -311,15 +312,24 @@ impl ClusterIntents {
 
     /// Recomputes the L2 choice when anything it reads changed; `true` when a node's
     /// announcements may differ.
-    fn update_l2(&mut self, cluster: &ClusterState, nodes_changed: bool, services_changed: bool) -> bool {
+    fn update_l2(
+        &mut self,
+        cluster: &ClusterState,
+        nodes_changed: bool,
+        services_changed: bool,
+    ) -> bool {
         let inputs = L2Inputs {
             enabled: cluster.datapath.l2_announcements,
             policies: cluster.l2_policies.clone(),
             agents: cluster.agents.clone(),
             holders: cluster.l2_holders.clone(),
+            fenced: cluster.l2_fenced.clone(),
         };
         let active = inputs.enabled && !inputs.policies.is_empty();
-        let was_active = self.l2_in.as_ref().is_some_and(|i| i.enabled && !i.policies.is_empty());
+        let was_active = self
+            .l2_in
+            .as_ref()
+            .is_some_and(|i| i.enabled && !i.policies.is_empty());
         let inputs_changed = self.l2_in.as_ref() != Some(&inputs);
         if !active && !was_active {
             self.l2_in = Some(inputs);

@@ -61,7 +61,8 @@ impl Serialize for InterfaceRegex {
 impl<'de> Deserialize<'de> for InterfaceRegex {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        InterfaceRegex::new(&s).map_err(|e| serde::de::Error::custom(format!("interface regex {s:?}: {e}")))
+        InterfaceRegex::new(&s)
+            .map_err(|e| serde::de::Error::custom(format!("interface regex {s:?}: {e}")))
     }
 }
 
@@ -576,7 +577,10 @@ mod tests {
         let fenced = choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &holders);
         for (svc, c) in &before {
             if c.node == "worker" {
-                assert!(!fenced.contains_key(svc), "{svc}: nobody until worker lapsed");
+                assert!(
+                    !fenced.contains_key(svc),
+                    "{svc}: nobody until worker lapsed"
+                );
             } else {
                 assert_eq!(fenced[svc], *c, "{svc}: worker2's Services stay put");
             }
@@ -588,7 +592,8 @@ mod tests {
         assert!(after.values().all(|c| c.node == "worker2"));
         // No holders known (a fresh operator): nothing to fence.
         nodes[1].lapsing = true;
-        let fresh = choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &BTreeMap::new());
+        let fresh =
+            choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &BTreeMap::new());
         assert_eq!(fresh.len(), 40);
     }
 
@@ -597,8 +602,12 @@ mod tests {
         let p = seed_policy();
         let back: L2Policy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
-        let bad = serde_json::to_string(&p).unwrap().replace("^eth[0-9]+", "(");
-        let err = serde_json::from_str::<L2Policy>(&bad).unwrap_err().to_string();
+        let bad = serde_json::to_string(&p)
+            .unwrap()
+            .replace("^eth[0-9]+", "(");
+        let err = serde_json::from_str::<L2Policy>(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("interface regex \"(\""), "{err}");
     }
 

@@ -247,8 +247,13 @@ fn arb_l2() -> impl Strategy<Value = L2Parts> {
             0..4,
         ),
         proptest::collection::btree_map((0u8..2, 0u8..4), 0u8..4, 0..4),
+        proptest::collection::btree_set((0u8..2, 0u8..4), 0..2),
     )
-        .prop_map(|(enabled, policies, agents, holders)| L2Parts {
+        .prop_map(|(enabled, policies, agents, holders, fenced)| L2Parts {
+            fenced: fenced
+                .into_iter()
+                .map(|(ns, s)| format!("ns{ns}/svc{s}"))
+                .collect(),
             enabled,
             policies: policies
                 .into_iter()
@@ -287,6 +292,7 @@ struct L2Parts {
     policies: Vec<crate::l2::L2Policy>,
     agents: std::collections::BTreeMap<String, crate::cluster::AgentReport>,
     holders: std::collections::BTreeMap<String, String>,
+    fenced: std::collections::BTreeSet<String>,
 }
 
 /// Policy inputs: a few rules about the empire and the alliance, pods on n0-n3.
@@ -375,6 +381,7 @@ pub fn arb_cluster() -> impl Strategy<Value = ClusterState> {
         c.l2_policies = l2.policies;
         c.agents = l2.agents;
         c.l2_holders = l2.holders;
+        c.l2_fenced = l2.fenced;
         c.policies = pol.rules;
         c.pods = pol.pods;
         c.policy_env = pol.env;

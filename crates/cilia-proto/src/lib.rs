@@ -117,7 +117,11 @@ pub fn key_from_proto(field: &str, k: &v1::EntryKey) -> Result<EntryKey, ProtoEr
             return Err(bad(&kf(), truncated(&k.key), "the datapath key is empty"));
         }
         Kind::PolicyRules if !k.key.is_empty() => {
-            return Err(bad(&kf(), truncated(&k.key), "the policy rules key is empty"));
+            return Err(bad(
+                &kf(),
+                truncated(&k.key),
+                "the policy rules key is empty",
+            ));
         }
         Kind::L2 => {
             let vip = ip(&kf(), &k.key)?;
@@ -531,10 +535,7 @@ pub fn datapath_from_proto(
 
 /// Whether the kernel would take `s` as a device name (IFNAMSIZ - 1, no '/', ':' or space).
 fn is_device_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && !s.contains(['/', ':'])
-        && !s.chars().any(char::is_whitespace)
+    !s.is_empty() && s.len() <= 15 && !s.contains(['/', ':']) && !s.chars().any(char::is_whitespace)
 }
 
 /// At most this many interfaces in one report or announcement.
@@ -575,7 +576,11 @@ fn l2_from_proto(field: &str, a: &v1::L2Announcement) -> Result<L2Announcement, 
     dns_label(&f("name"), &a.name)?;
     let interfaces = device_set(&f("interfaces"), &a.interfaces)?;
     if interfaces.is_empty() {
-        return Err(bad(&f("interfaces"), "", "an announcement names its interfaces"));
+        return Err(bad(
+            &f("interfaces"),
+            "",
+            "an announcement names its interfaces",
+        ));
     }
     Ok(L2Announcement {
         vip: ip(&f("vip"), &a.vip)?,
@@ -626,7 +631,11 @@ fn policy_endpoint_from_proto(
     let ip_addr = match (&endpoint, e.ip.as_str()) {
         (EndpointRef::Host, "") => None,
         (EndpointRef::Host, other) => {
-            return Err(bad(&f("ip"), truncated(other), "the host endpoint has no address"));
+            return Err(bad(
+                &f("ip"),
+                truncated(other),
+                "the host endpoint has no address",
+            ));
         }
         (EndpointRef::Pod(_), a) => Some(ip(&f("ip"), a)?),
     };
@@ -636,12 +645,18 @@ fn policy_endpoint_from_proto(
         let dir = match v1::Direction::try_from(x.direction) {
             Ok(v1::Direction::Ingress) => Dir::Ingress,
             Ok(v1::Direction::Egress) => Dir::Egress,
-            _ => return Err(bad(&g("direction"), x.direction.to_string(), "unknown direction")),
+            _ => {
+                return Err(bad(
+                    &g("direction"),
+                    x.direction.to_string(),
+                    "unknown direction",
+                ));
+            }
         };
         let proto = u8::try_from(x.protocol)
             .map_err(|_| bad(&g("protocol"), x.protocol.to_string(), "not an IP protocol"))?;
-        let port = u16::try_from(x.port)
-            .map_err(|_| bad(&g("port"), x.port.to_string(), "not a port"))?;
+        let port =
+            u16::try_from(x.port).map_err(|_| bad(&g("port"), x.port.to_string(), "not a port"))?;
         if x.port_bits > 16 {
             return Err(bad(&g("port_bits"), x.port_bits.to_string(), "at most 16"));
         }
@@ -657,7 +672,11 @@ fn policy_endpoint_from_proto(
             rule: x.rule,
         };
         if entries.insert(key, verdict).is_some() {
-            return Err(bad(&format!("{field}.entries[{i}]"), format!("{key:?}"), "listed twice"));
+            return Err(bad(
+                &format!("{field}.entries[{i}]"),
+                format!("{key:?}"),
+                "listed twice",
+            ));
         }
     }
     Ok(PolicyEndpointEntry {
@@ -891,13 +910,17 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentMessage {
     Hello(Hello),
-    Ack { version: u64 },
+    Ack {
+        version: u64,
+    },
     Heartbeat {
         unix_millis: u64,
         /// The node's interfaces that are up with carrier.
         up_interfaces: BTreeSet<String>,
     },
-    Resync { reason: String },
+    Resync {
+        reason: String,
+    },
 }
 
 pub fn agent_message_to_proto(m: &AgentMessage) -> v1::AgentMessage {
@@ -1419,7 +1442,10 @@ mod tests {
                 port: 80,
                 bits: 16,
             },
-            EntryVerdict { deny: false, rule: 0 },
+            EntryVerdict {
+                deny: false,
+                rule: 0,
+            },
         );
         table.insert(
             PolicyKey {
@@ -1429,7 +1455,10 @@ mod tests {
                 port: 0,
                 bits: 0,
             },
-            EntryVerdict { deny: true, rule: 1 },
+            EntryVerdict {
+                deny: true,
+                rule: 1,
+            },
         );
         vec![
             Entry::L2(L2Announcement {
@@ -1512,7 +1541,10 @@ mod tests {
             ep_with(&|p| p.endpoint = "pod/nonamespace".into()),
             "u[1].policy_endpoint.endpoint"
         );
-        assert_eq!(ep_with(&|p| p.ip = String::new()), "u[1].policy_endpoint.ip");
+        assert_eq!(
+            ep_with(&|p| p.ip = String::new()),
+            "u[1].policy_endpoint.ip"
+        );
 
         for (kind, key) in [
             (v1::Kind::L2, "172.18.250.300"),

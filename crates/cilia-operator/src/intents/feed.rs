@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cilia_model::ClusterState;
 use cilia_model::l2::L2Choice;
@@ -45,6 +45,20 @@ pub fn next_holders(
     out
 }
 
+/// A Service whose announcer moves from one live node to another: nobody announces it until the
+/// old node acked the version of its intent without it (or its lease ran out), so the two never
+/// answer at once.
+#[derive(Debug, Clone)]
+struct HandOver {
+    from: String,
+    /// The version of `from`'s intent that no longer has the Service; `None` until published.
+    version: Option<u64>,
+    deadline: Instant,
+}
+
+/// How often a pending hand-over looks at the old node's acks.
+const HAND_OVER_POLL: Duration = Duration::from_millis(20);
+
 /// Runs until `drain` turns or the cluster source closes.
 pub async fn run(
     mut rx: watch::Receiver<Arc<ClusterState>>,
@@ -56,24 +70,66 @@ pub async fn run(
     let presence = &agents.presence;
     let mut presence_rx = presence.subscribe();
     let mut holders: BTreeMap<String, String> = BTreeMap::new();
+    let mut hand_overs: BTreeMap<String, HandOver> = BTreeMap::new();
     loop {
         let state = rx.borrow_and_update().clone();
         presence_rx.mark_unchanged();
-        let (agents, next_expiry) = presence.reports(Instant::now());
+        let now = Instant::now();
+        let (reports, next_expiry) = presence.reports(now);
         let l2_active = state.datapath.l2_announcements && !state.l2_policies.is_empty();
+        let lease = Duration::from_millis(state.datapath.l2_lease_ms as u64);
         let changed = if l2_active {
             // Completed with what only the intent server knows. Cloned only while L2 is active.
             let mut s = (*state).clone();
             s.l2_holders = holders.clone();
-            s.agents = agents;
+            s.agents = reports;
+            let live = |n: &str| s.agents.get(n).is_some_and(|a| a.live);
+            // Hand-overs end when the old node confirmed, left, or its lease ran out.
+            hand_overs.retain(|svc, h| {
+                let acked = h
+                    .version
+                    .is_some_and(|v| agents.record(&h.from).map_or(0, |r| r.applied_version) >= v);
+                let done = acked || now >= h.deadline || !live(&h.from);
+                if done && live(&h.from) {
+                    // The old node no longer announces it: nobody holds it until the new one.
+                    s.l2_holders.remove(svc);
+                }
+                !done
+            });
+            // New ones: a Service whose choice leaves a live holder.
+            s.l2_fenced = hand_overs.keys().cloned().collect();
+            for (svc, c) in s.l2_choices() {
+                let key = svc.to_string();
+                if let Some(h) = s.l2_holders.get(&key)
+                    && *h != c.node
+                    && live(h)
+                {
+                    hand_overs.insert(
+                        key.clone(),
+                        HandOver {
+                            from: h.clone(),
+                            version: None,
+                            deadline: now + lease,
+                        },
+                    );
+                    s.l2_fenced.insert(key);
+                }
+            }
             let mut idx = index.lock().unwrap();
             let changed = idx.apply(&s);
+            for h in hand_overs.values_mut().filter(|h| h.version.is_none()) {
+                h.version = idx.view(&h.from).map(|v| v.version);
+            }
             holders = next_holders(&holders, idx.l2_choices(), |n| {
                 s.agents.get(n).is_some_and(|a| !a.live)
             });
+            for (svc, h) in &hand_overs {
+                holders.insert(svc.clone(), h.from.clone());
+            }
             changed
         } else {
             holders.clear();
+            hand_overs.clear();
             index.lock().unwrap().apply(&state)
         };
         let published = L2Holders {
@@ -91,8 +147,13 @@ pub async fn run(
             let shown: Vec<_> = changed.iter().take(8).collect();
             info!(count = changed.len(), nodes = ?shown, "node intents changed");
         }
+        let wake = match (next_expiry, hand_overs.is_empty()) {
+            (t, true) => t,
+            (Some(t), false) => Some(t.min(Instant::now() + HAND_OVER_POLL)),
+            (None, false) => Some(Instant::now() + HAND_OVER_POLL),
+        };
         let expiry = async {
-            match next_expiry {
+            match wake {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }

@@ -188,7 +188,11 @@ mod tests {
         assert!(!rx.has_changed().unwrap(), "same set: nothing to recompute");
         p.interfaces("worker", up(&[]));
         assert!(rx.has_changed().unwrap());
-        assert!(p.reports(Instant::now()).0["worker"].up_interfaces.is_empty());
+        assert!(
+            p.reports(Instant::now()).0["worker"]
+                .up_interfaces
+                .is_empty()
+        );
         // Unknown nodes are ignored.
         p.interfaces("ghost", up(&["eth0"]));
         assert!(!p.reports(Instant::now()).0.contains_key("ghost"));

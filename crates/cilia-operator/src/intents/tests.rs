@@ -496,7 +496,15 @@ async fn l2_agent(s: &Served, node: &str, up: &[&str]) -> tokio::task::JoinHandl
         let mut beat = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
-                m = updates.message() => if !matches!(m, Ok(Some(_))) { return },
+                m = updates.message() => {
+                    let Ok(Some(m)) = m else { return };
+                    // Applied at once: acked, as a real agent does.
+                    let version = match update_from_proto(&m) {
+                        Ok(WireUpdate::Snapshot { version, .. } | WireUpdate::Delta { version, .. }) => version,
+                        _ => continue,
+                    };
+                    if tx.send(agent_message_to_proto(&AgentMessage::Ack { version })).await.is_err() { return }
+                }
                 _ = beat.tick() => {
                     let hb = AgentMessage::Heartbeat { unix_millis: 1, up_interfaces: up.clone() };
                     if tx.send(agent_message_to_proto(&hb)).await.is_err() { return }
@@ -523,7 +531,10 @@ fn announcers(s: &Served, vip: Ipv4Addr) -> Vec<String> {
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = std::time::Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -546,7 +557,11 @@ async fn l2_failover_waits_out_the_dead_nodes_lease() {
         s.holders.borrow().holders.get("default/deathstar-lb"),
         Some(&first)
     );
-    let (dying, other) = if first == "worker" { (w1, w2) } else { (w2, w1) };
+    let (dying, other) = if first == "worker" {
+        (w1, w2)
+    } else {
+        (w2, w1)
+    };
     let died = std::time::Instant::now();
     dying.abort();
     wait_for("the dead node's announcement withdrawn", || {
@@ -578,6 +593,47 @@ async fn l2_failover_waits_out_the_dead_nodes_lease() {
     let _ = s.drain.send(true);
 }
 
+// A VIP moving between two live nodes (its first announcer came back, and rendezvous prefers it)
+// is never announced by both: the old node first acks an intent without it.
+#[tokio::test]
+async fn l2_live_hand_over_never_announces_twice() {
+    let vip = Ipv4Addr::new(172, 18, 250, 0);
+    let s = serve_state(bundle(), l2_lab()).await;
+    let w1 = l2_agent(&s, "worker", &["eth0"]).await;
+    let w2 = l2_agent(&s, "worker2", &["eth0"]).await;
+    wait_for("one announcer", || announcers(&s, vip).len() == 1).await;
+    let first = announcers(&s, vip).remove(0);
+    let (dying, other) = if first == "worker" {
+        (w1, w2)
+    } else {
+        (w2, w1)
+    };
+    dying.abort();
+    wait_for("the other worker to take over", || {
+        let a = announcers(&s, vip);
+        a.len() == 1 && a[0] != first
+    })
+    .await;
+    // The first announcer comes back: the VIP moves back to it, never held by both.
+    let back = l2_agent(&s, &first, &["eth0"]).await;
+    let t = std::time::Instant::now();
+    loop {
+        let a = announcers(&s, vip);
+        assert!(a.len() <= 1, "announced by {a:?} at once");
+        if a == [first.clone()] {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "never moved back: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    back.abort();
+    other.abort();
+    let _ = s.drain.send(true);
+}
+
 // An announcing node whose interface loses carrier gives the VIP up at once, to a live node.
 #[tokio::test]
 async fn l2_carrier_loss_moves_the_vip_at_once() {
@@ -588,7 +644,11 @@ async fn l2_carrier_loss_moves_the_vip_at_once() {
     wait_for("one announcer", || announcers(&s, vip).len() == 1).await;
     let first = announcers(&s, vip).remove(0);
     // Replace the holder's agent by one whose eth0 is down (same node, new stream first).
-    let (old, keep) = if first == "worker" { (w1, w2) } else { (w2, w1) };
+    let (old, keep) = if first == "worker" {
+        (w1, w2)
+    } else {
+        (w2, w1)
+    };
     let down = l2_agent(&s, &first, &["cilia_host"]).await;
     old.abort();
     wait_for("the VIP moved to the other worker", || {
