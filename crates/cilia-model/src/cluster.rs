@@ -87,7 +87,7 @@ pub struct ClusterState {
 
 /// A node's agent as the intent server sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct AgentReport {
     /// Connected and heartbeating. `false`: gone, but its L2 announcements may still be
     /// answered until its lease lapses (the entry is dropped then).
@@ -152,5 +152,45 @@ impl ClusterState {
             c.retain(|svc, _| !self.l2_fenced.contains(&svc.to_string()));
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A cluster file may leave out anything that has its default (false, empty, absent): the
+    // new L2 and policy parts too. Every generated cluster survives that.
+    proptest::proptest! {
+        #[test]
+        fn round_trips_through_json_without_defaults(c in crate::testgen::arb_cluster()) {
+            let mut v = serde_json::to_value(&c).unwrap();
+            strip_defaults(&mut v);
+            let text = v.to_string();
+            let back: ClusterState = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{e}: {text}"));
+            proptest::prop_assert_eq!(back, c);
+        }
+    }
+
+    fn strip_defaults(v: &mut serde_json::Value) {
+        use serde_json::Value;
+        match v {
+            Value::Object(m) => {
+                for x in m.values_mut() {
+                    strip_defaults(x);
+                }
+                // `ready` and `serving` of an endpoint default to true, as in the API.
+                m.retain(|k, x| {
+                    let default_true = matches!(k.as_str(), "ready" | "serving");
+                    !(x.is_null()
+                        || x.as_array().is_some_and(Vec::is_empty)
+                        || (!default_true && x.as_bool() == Some(false))
+                        || (default_true && x.as_bool() == Some(true)))
+                });
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip_defaults),
+            _ => {}
+        }
     }
 }

@@ -72,13 +72,18 @@ impl<'de> Deserialize<'de> for InterfaceRegex {
 #[serde(rename_all = "camelCase")]
 pub struct L2Policy {
     pub name: String,
+    #[serde(default)]
     pub service_selector: Option<LabelSelector>,
+    #[serde(default)]
     pub node_selector: Option<LabelSelector>,
     /// Compiled `spec.interfaces` (unanchored, like Go's `regexp.MatchString`, OR-ed); `None`
     /// (unset or empty in the spec): any interface. Patterns that do not compile are left out by
     /// the operator (and reported); when none is left the policy matches no interface.
+    #[serde(default)]
     pub interfaces: Option<Vec<InterfaceRegex>>,
+    #[serde(default)]
     pub external_ips: bool,
+    #[serde(default)]
     pub load_balancer_ips: bool,
 }
 

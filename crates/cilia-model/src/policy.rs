@@ -107,8 +107,10 @@ pub struct PortMatch {
 #[serde(rename_all = "camelCase")]
 pub struct PeerRule {
     /// `None`: the entry names no peer (any peer).
+    #[serde(default)]
     pub peers: Option<Vec<Peer>>,
     /// Empty: every protocol and port.
+    #[serde(default)]
     pub ports: Vec<PortMatch>,
 }
 
@@ -128,11 +130,17 @@ pub struct PolicyRule {
     /// The policy's name (events and listings name it).
     pub policy: String,
     pub subject: Subject,
+    #[serde(default)]
     pub ingress: Vec<PeerRule>,
+    #[serde(default)]
     pub ingress_deny: Vec<PeerRule>,
+    #[serde(default)]
     pub egress: Vec<PeerRule>,
+    #[serde(default)]
     pub egress_deny: Vec<PeerRule>,
+    #[serde(default)]
     pub default_deny_ingress: Option<bool>,
+    #[serde(default)]
     pub default_deny_egress: Option<bool>,
 }
 
@@ -144,6 +152,7 @@ pub struct PolicyPod {
     pub name: String,
     pub ip: Ipv4Addr,
     pub node: String,
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Labels of its namespace.
     #[serde(default)]
@@ -183,7 +192,7 @@ pub enum EnforcementMode {
 
 /// Cluster-wide inputs besides the rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct PolicyEnv {
     pub mode: EnforcementMode,
     pub audit: bool,
@@ -242,7 +251,7 @@ pub struct EntryVerdict {
 
 /// An endpoint's compiled policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct EndpointPolicy {
     /// The pod's address (the agent finds its device by it); `None` for the host.
     pub ip: Option<Ipv4Addr>,
@@ -289,7 +298,7 @@ pub enum EndpointRef {
 
 /// Everything the node's agent enforces.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct NodePolicy {
     /// Prefix → identity of the addresses under it (longest prefix wins; unknown = world).
     pub ipcache: BTreeMap<Ipv4Net, u32>,
