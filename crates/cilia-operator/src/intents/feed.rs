@@ -75,8 +75,13 @@ pub async fn run(
         let state = rx.borrow_and_update().clone();
         presence_rx.mark_unchanged();
         let now = Instant::now();
-        let (reports, next_expiry) = presence.reports(now);
         let l2_active = state.datapath.l2_announcements && !state.l2_policies.is_empty();
+        // Only L2 reads the agents' presence: without it, a change costs no copy of 1,000 reports.
+        let (reports, next_expiry) = if l2_active {
+            presence.reports(now)
+        } else {
+            Default::default()
+        };
         let lease = Duration::from_millis(state.datapath.l2_lease_ms as u64);
         let changed = if l2_active {
             // Completed with what only the intent server knows. Cloned only while L2 is active.
