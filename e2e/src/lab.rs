@@ -1262,3 +1262,36 @@ pub fn leftovers(run: &str) -> Vec<String> {
     }
     v
 }
+
+/// The EndpointSlice `<service>-lab` of Service `default/<service>`, listing `backends` (ready, with
+/// their node) on TCP port `port`: what the EndpointSlice controller would write, which the lab
+/// does not run.
+pub fn endpoint_slice<'a>(
+    service: &str,
+    backends: impl IntoIterator<Item = &'a Pod>,
+    port: u16,
+) -> String {
+    let eps: Vec<serde_json::Value> = backends
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "addresses": [p.ip.to_string()],
+                "conditions": { "ready": true },
+                "nodeName": p.node,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-lab"),
+            "namespace": "default",
+            "labels": { "kubernetes.io/service-name": service },
+        },
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{ "name": "", "port": port, "protocol": "TCP" }],
+    })
+    .to_string()
+}

@@ -464,34 +464,6 @@ fn seed(name: &str) -> String {
         .into_owned()
 }
 
-/// The EndpointSlice of the seed Service, listing `backends` (ready, with their node): the lab has
-/// no EndpointSlice controller.
-fn endpoint_slice(backends: &[&Pod]) -> String {
-    let eps: Vec<Value> = backends
-        .iter()
-        .map(|p| {
-            json!({
-                "addresses": [p.ip.to_string()],
-                "conditions": { "ready": true },
-                "nodeName": p.node,
-            })
-        })
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("{SVC}-lab"),
-            "namespace": "default",
-            "labels": { "kubernetes.io/service-name": SVC },
-        },
-        "addressType": "IPv4",
-        "endpoints": eps,
-        "ports": [{ "name": "", "port": 80, "protocol": "TCP" }],
-    })
-    .to_string()
-}
-
 /// Every node's masquerading is BPF (`bpf`) or iptables, with `CILIUM_POST_nat` to match.
 fn masq_everywhere(lab: &Lab, bpf: bool) -> bool {
     NODES.iter().all(|n| {
@@ -647,7 +619,7 @@ impl SeedWorld {
             .expect("seed service");
         lab.kubectl_with_input(
             &["apply", "-f", "-"],
-            &endpoint_slice(&backends.iter().collect::<Vec<_>>()),
+            &cilia_e2e::lab::endpoint_slice(SVC, &backends, 80),
         )
         .expect("EndpointSlice");
         lab.client

@@ -39,33 +39,6 @@ struct World {
     _servers: Vec<EchoServer>,
 }
 
-/// The EndpointSlice of the Service, listing `backends` (ready, with their node).
-fn endpoint_slice(backends: &[&Pod]) -> String {
-    let eps: Vec<Value> = backends
-        .iter()
-        .map(|p| {
-            json!({
-                "addresses": [p.ip.to_string()],
-                "conditions": { "ready": true },
-                "nodeName": p.node,
-            })
-        })
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("{SVC}-lab"),
-            "namespace": "default",
-            "labels": { "kubernetes.io/service-name": SVC },
-        },
-        "addressType": "IPv4",
-        "endpoints": eps,
-        "ports": [{ "name": "", "port": 80, "protocol": "TCP" }],
-    })
-    .to_string()
-}
-
 fn apply(lab: &Lab, manifest: &str) {
     lab.kubectl_with_input(&["apply", "-f", "-"], manifest)
         .unwrap_or_else(|e| panic!("kubectl apply: {e}\n{manifest}"));
@@ -91,7 +64,7 @@ fn up() -> World {
         .expect("seed pool");
     lab.kubectl(&["apply", "-f", &seed("deathstar-svc.yaml")])
         .expect("seed service");
-    apply(&lab, &endpoint_slice(&backends.iter().collect::<Vec<_>>()));
+    apply(&lab, &cilia_e2e::lab::endpoint_slice(SVC, &backends, 80));
     // The client reaches the LB pool through a node (a router's job here).
     lab.client
         .exec(&["ip", "route", "add", "172.18.250.0/24", "via", "172.18.0.3"])

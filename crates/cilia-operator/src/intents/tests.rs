@@ -539,6 +539,27 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Both workers' agents up; waits for the announcer of `vip`. Returns it, its agent and the
+/// other worker's.
+async fn two_workers(
+    s: &Served,
+    vip: Ipv4Addr,
+) -> (
+    String,
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let w1 = l2_agent(s, "worker", &["eth0"]).await;
+    let w2 = l2_agent(s, "worker2", &["eth0"]).await;
+    wait_for("one announcer", || announcers(s, vip).len() == 1).await;
+    let first = announcers(s, vip).remove(0);
+    if first == "worker" {
+        (first, w1, w2)
+    } else {
+        (first, w2, w1)
+    }
+}
+
 // One live worker announces the VIP; when its agent dies nobody announces it for one lease (the
 // dead node's responder may still answer that long), then the other worker does. An interface
 // losing carrier moves the VIP at once (that node cannot answer on it). The holder is published
@@ -599,15 +620,7 @@ async fn l2_failover_waits_out_the_dead_nodes_lease() {
 async fn l2_live_hand_over_never_announces_twice() {
     let vip = Ipv4Addr::new(172, 18, 250, 0);
     let s = serve_state(bundle(), l2_lab()).await;
-    let w1 = l2_agent(&s, "worker", &["eth0"]).await;
-    let w2 = l2_agent(&s, "worker2", &["eth0"]).await;
-    wait_for("one announcer", || announcers(&s, vip).len() == 1).await;
-    let first = announcers(&s, vip).remove(0);
-    let (dying, other) = if first == "worker" {
-        (w1, w2)
-    } else {
-        (w2, w1)
-    };
+    let (first, dying, other) = two_workers(&s, vip).await;
     dying.abort();
     wait_for("the other worker to take over", || {
         let a = announcers(&s, vip);
@@ -639,16 +652,8 @@ async fn l2_live_hand_over_never_announces_twice() {
 async fn l2_carrier_loss_moves_the_vip_at_once() {
     let vip = Ipv4Addr::new(172, 18, 250, 0);
     let s = serve_state(bundle(), l2_lab()).await;
-    let w1 = l2_agent(&s, "worker", &["eth0"]).await;
-    let w2 = l2_agent(&s, "worker2", &["eth0"]).await;
-    wait_for("one announcer", || announcers(&s, vip).len() == 1).await;
-    let first = announcers(&s, vip).remove(0);
+    let (first, old, keep) = two_workers(&s, vip).await;
     // Replace the holder's agent by one whose eth0 is down (same node, new stream first).
-    let (old, keep) = if first == "worker" {
-        (w1, w2)
-    } else {
-        (w2, w1)
-    };
     let down = l2_agent(&s, &first, &["cilia_host"]).await;
     old.abort();
     wait_for("the VIP moved to the other worker", || {
