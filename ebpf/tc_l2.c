@@ -1,6 +1,8 @@
 /* TC ingress on the node's announcing devices: answers ARP requests for the LoadBalancer/external
  * VIPs this node announces (cilia_l2_responder_v4), with the interface's own MAC, by turning the
  * request into the reply in place and sending it back out of the same interface.
+ * It answers only while the node's lease (cilia_l2_lease) runs: an agent that is gone or cut off
+ * from the operator must fall silent on its own.
  * Everything else continues down the TC chain untouched (TC_ACT_UNSPEC = tcx "next"), so the load
  * balancer's programs behind it still see every IP packet. */
 #include "lib/common.h"
@@ -32,6 +34,13 @@ int cil_l2_responder(struct __sk_buff *skb)
 	struct l2_responder_entry *e = bpf_map_lookup_elem(&cilia_l2_responder_v4, &key);
 	if (!e)
 		return TC_ACT_UNSPEC;
+	/* Looked up after the entry, so requests for other addresses cost no clock read. */
+	__u32 zero = 0;
+	struct l2_lease *lease = bpf_map_lookup_elem(&cilia_l2_lease, &zero);
+	if (!lease || bpf_ktime_get_ns() >= lease->expires_ns) {
+		__sync_fetch_and_add(&e->lapsed, 1);
+		return TC_ACT_UNSPEC;
+	}
 
 	/* The reply: to the asker, from the VIP at this interface's MAC. */
 	__u8 asker_mac[ETH_ALEN];

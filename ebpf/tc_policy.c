@@ -21,17 +21,22 @@ int cil_policy_to_container(struct __sk_buff *skb)
 	return policy_verdict(skb, skb->ifindex, POLICY_DIR_INGRESS) ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 }
 
-/* Node device ingress = the host's ingress (host firewall). */
+/* Node device ingress = the host's ingress (host firewall). A packet routed on to one of the
+ * node's pods is not the host's: the pod's own policy judges it at its veth. */
 SEC("classifier")
 int cil_policy_host_ingress(struct __sk_buff *skb)
 {
+	if (policy_pod_side(skb, 0))
+		return TC_ACT_UNSPEC;
 	return policy_verdict(skb, skb->ifindex, POLICY_DIR_INGRESS) ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 }
 
-/* Node device egress = the host's egress. */
+/* Node device egress = the host's egress; a pod's packet leaving through it is the pod's. */
 SEC("classifier")
 int cil_policy_host_egress(struct __sk_buff *skb)
 {
+	if (policy_pod_side(skb, 1))
+		return TC_ACT_UNSPEC;
 	return policy_verdict(skb, skb->ifindex, POLICY_DIR_EGRESS) ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 }
 

@@ -459,6 +459,7 @@ impl Agents {
             held: held_tx,
             applied: applied_rx,
             status: status_tx,
+            l2: Default::default(),
         };
         let events = self.events_tx.clone();
         tokio::spawn(async move {

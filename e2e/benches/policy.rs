@@ -8,12 +8,16 @@
 //! from the last peer added, to port 80: a hit on the longest path (no conntrack reply match,
 //! identity lookup, policy hit, conntrack refresh).
 //!
-//! `policy_apply_to_enforced_ms` (kubectl apply to enforcement in the lab) needs the operator and
-//! agent wiring of policies and is not measured here yet.
+//! `policy_apply_to_enforced_ms`: in the lab (API server, operator, three agents), the time from
+//! `kubectl apply` of a CCNP selecting one pod on every node until every node's agent has written
+//! it into its maps (polled through `cilia-dbg bpf policy list`, which the agent updates right after
+//! the map writes), median of several policies. Its baseline, in the same lab: the `kubectl apply`
+//! round trip of a ConfigMap (what the user's side of the wait costs anyway).
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use aya::EbpfLoader;
 use aya::programs::SchedClassifier;
@@ -23,6 +27,8 @@ use cilia_datapath::policy::{
 };
 use cilia_datapath::testrun::test_run;
 use cilia_e2e::bench::{Measure, Report, median};
+use cilia_e2e::lab::{Lab, default_nodes, repo_root};
+use serde_json::{Value, json};
 
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 7;
@@ -139,6 +145,142 @@ fn main() {
         1.0,
     ));
     report.note("baseline of the ns measures: an empty TC program on the same frame, same run");
-    report.note("policy_apply_to_enforced_ms: not measured yet (needs the lab wiring of policies)");
+    match lab_bin_dir() {
+        Some(dir) => {
+            // SAFETY: set before the lab starts any thread that reads the environment.
+            unsafe { std::env::set_var("CILIA_BIN_DIR", &dir) };
+            let (apply_ms, kubectl_ms) = apply_to_enforced().expect("policy_apply_to_enforced_ms");
+            report.push(Measure::new(
+                "policy_apply_to_enforced_ms",
+                apply_ms,
+                "ms",
+                kubectl_ms,
+            ));
+            report.note(
+                "baseline of policy_apply_to_enforced_ms: the kubectl apply round trip of a \
+                 ConfigMap, same lab",
+            );
+        }
+        None => report.note(
+            "not measured: policy_apply_to_enforced_ms (the lab binaries are not built: run \
+             `make build` first)",
+        ),
+    }
     report.finish("policy").expect("write the report");
+}
+
+/// The lab binaries: `CILIA_BIN_DIR`, else the debug build `make build` makes (a release build
+/// may be stale; the benchmark itself is built in release and sits elsewhere).
+fn lab_bin_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("CILIA_BIN_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let dir = target.join("debug");
+    [
+        "cilia-agent",
+        "cilia-cni",
+        "cilia-dbg",
+        "cilia-operator",
+        "cilia-apiserver",
+    ]
+    .iter()
+    .all(|b| dir.join(b).exists())
+    .then_some(dir)
+}
+
+/// Policies applied (and deleted) in the lab; the median is reported.
+const APPLY_ROUNDS: usize = 7;
+const NODES: [&str; 3] = ["control-plane", "worker", "worker2"];
+
+/// Whether every node's agent lists `policy` in its tables (`want`), or none does (`!want`).
+fn enforced_everywhere(lab: &Lab, policy: &str, want: bool) -> bool {
+    NODES.iter().all(|n| {
+        let out = lab
+            .dbg(n, &["bpf", "policy", "list", "-o", "json"])
+            .unwrap_or_default();
+        let rows: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let has = rows.as_array().is_some_and(|r| {
+            r.iter()
+                .any(|row| row["policy"] == policy && row["interface"].is_string())
+        });
+        has == want
+    })
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: not within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// (median ms from `kubectl apply` of a policy to enforcement on every node, median ms of a
+/// ConfigMap's `kubectl apply`).
+fn apply_to_enforced() -> anyhow::Result<(f64, f64)> {
+    let mut lab = Lab::up(default_nodes())?;
+    lab.kubectl(&["apply", "-f", &repo_root().join("crds").to_string_lossy()])?;
+    lab.apply_cilium_config(&[])?;
+    for (i, n) in NODES.iter().enumerate() {
+        let pod = lab.add_pod(n, &format!("bench-{i}"))?;
+        lab.register_pod(&pod, "default", &[("app", "policy-bench")])?;
+    }
+    let ccnp = |name: &str| {
+        json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumClusterwideNetworkPolicy",
+            "metadata": { "name": name },
+            "spec": {
+                "endpointSelector": { "matchLabels": { "app": "policy-bench" } },
+                "ingress": [{
+                    "fromEndpoints": [{ "matchLabels": { "app": "policy-bench" } }],
+                    "toPorts": [{ "ports": [{ "port": "80", "protocol": "TCP" }] }],
+                }],
+            },
+        })
+        .to_string()
+    };
+    // Warm-up: the agents load the policy programs on the first policy.
+    lab.kubectl_with_input(&["apply", "-f", "-"], &ccnp("bench-warmup"))?;
+    wait("warm-up policy", || {
+        enforced_everywhere(&lab, "bench-warmup", true)
+    })?;
+    lab.kubectl(&["delete", "ccnp", "bench-warmup"])?;
+    wait("warm-up removal", || {
+        enforced_everywhere(&lab, "bench-warmup", false)
+    })?;
+    let mut applied = Vec::new();
+    let mut baseline = Vec::new();
+    for round in 0..APPLY_ROUNDS {
+        let name = format!("bench-{round}");
+        let t = Instant::now();
+        lab.kubectl_with_input(&["apply", "-f", "-"], &ccnp(&name))?;
+        wait(&name, || enforced_everywhere(&lab, &name, true))?;
+        applied.push(t.elapsed().as_secs_f64() * 1000.0);
+        lab.kubectl(&["delete", "ccnp", &name])?;
+        wait(&format!("{name} removal"), || {
+            enforced_everywhere(&lab, &name, false)
+        })?;
+
+        // The user's side of the wait: one `kubectl apply` round trip, which returns once the
+        // API server has stored the object.
+        let cm = format!("bench-cm-{round}");
+        let manifest = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": cm, "namespace": "default"}, "data": {"k": "v"}});
+        let t = Instant::now();
+        lab.kubectl_with_input(&["apply", "-f", "-"], &manifest.to_string())?;
+        baseline.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "policy apply -> enforced on {} nodes: {applied:.0?} ms",
+        NODES.len()
+    );
+    println!("kubectl apply of a ConfigMap: {baseline:.0?} ms");
+    Ok((median(&applied), median(&baseline)))
 }

@@ -3,8 +3,10 @@
 
 pub mod bench;
 pub mod helm;
+pub mod l2lab;
 pub mod lab;
 pub mod netns;
+pub mod pods;
 pub mod traffic;
 
 pub use lab::{Lab, NodeSpec, Pod, default_nodes, wait_until};

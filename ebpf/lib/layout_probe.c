@@ -123,6 +123,9 @@ int main(void)
 	SIZE(l2_responder_entry);
 	OFF(l2_responder_entry, mac);
 	OFF(l2_responder_entry, responses_sent);
+	OFF(l2_responder_entry, lapsed);
+	SIZE(l2_lease);
+	OFF(l2_lease, expires_ns);
 	CONST(CILIA_L2_RESPONDER_MAX);
 
 	/* Masquerading (masq_maps.h). */

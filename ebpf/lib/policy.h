@@ -285,6 +285,22 @@ static __always_inline void policy_report(const struct policy_pkt *p, __u32 ep_i
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* Pod identities are cluster-wide, in [POLICY_ID_POD_MIN, POLICY_ID_LOCAL_MIN) (the compiler's). */
+#define POLICY_ID_POD_MIN 256
+#define POLICY_ID_LOCAL_MIN (1 << 24)
+
+/* Whether a packet on a node device belongs to a pod rather than the host: its destination
+ * (`src_side` 0, ingress) or source (`src_side` 1, egress) is a pod. Not IPv4: not a pod's. */
+static __always_inline int policy_pod_side(struct __sk_buff *skb, int src_side)
+{
+	struct policy_pkt p;
+
+	if (policy_parse(skb, &p) < 0)
+		return 0;
+	__u32 id = policy_identity_of(src_side ? p.saddr : p.daddr);
+	return id >= POLICY_ID_POD_MIN && id < POLICY_ID_LOCAL_MIN;
+}
+
 /* The verdict for a packet of endpoint `ep_id` going in `dir`: 1 to let it through, 0 to drop.
  * The peer is the source for ingress and the destination for egress. */
 static __always_inline int policy_verdict(struct __sk_buff *skb, __u32 ep_id, __u8 dir)

@@ -28,6 +28,8 @@ pub enum ApplyError {
     Lb(#[from] crate::lb::LbApplyError),
     #[error(transparent)]
     Masq(#[from] crate::masq::MasqApplyError),
+    #[error(transparent)]
+    Policy(#[from] crate::enforcer::PolicyApplyError),
     #[error("writing {path}: {source}")]
     StateFile {
         path: PathBuf,
@@ -46,6 +48,8 @@ pub struct Agent {
     pub lb: crate::lb::LbAgent,
     /// Masquerading of pod traffic leaving the node (BPF, iptables or off).
     pub masq: crate::masq::MasqAgent,
+    /// Network policy enforcement (pod veths, node devices for host policies).
+    pub policy: crate::enforcer::PolicyAgent,
 }
 
 impl Agent {
@@ -95,6 +99,14 @@ impl Agent {
         let writes = self.masq.apply(intent)?;
         self.status.datapath_writes += writes;
         self.status.masquerading = self.masq.status.clone();
+        self.apply_policy(intent).await?;
+        Ok(())
+    }
+
+    /// Policy maps and program links for the intent's policy (only differences are written).
+    async fn apply_policy(&mut self, intent: &NodeIntent) -> Result<(), ApplyError> {
+        let writes = self.policy.apply(intent, &self.nl).await?;
+        self.status.datapath_writes += writes;
         Ok(())
     }
 
@@ -147,6 +159,14 @@ impl Agent {
         if !diff.detach.is_empty() {
             let live: BTreeSet<u32> = links.iter().map(|(_, i)| *i).collect();
             self.endpoints.forget_stats(&live)?;
+        }
+        // A pod device came or went: its policy table follows without waiting for an intent.
+        // A failure is only logged: the CNI plugin waits on this pass, and the next apply retries.
+        if !diff.attach.is_empty() || !diff.detach.is_empty() {
+            match self.policy.reapply(&self.nl).await {
+                Ok(writes) => self.status.datapath_writes += writes,
+                Err(e) => warn!(error = %e, "applying policy to new pod devices failed"),
+            }
         }
         self.status.endpoints = self
             .endpoints

@@ -21,10 +21,20 @@ pub enum Request {
     EndpointStats,
     /// The frontends this node serves and their backends (`cilia-dbg service list`).
     ServiceList,
+    /// The VIPs this node announces, with live reply counters (`cilia-dbg bpf l2 list`).
+    L2List,
     /// Sent by the CNI plugin after it created a pod device: the agent puts the endpoint's datapath
     /// in place before answering, so no packet of the pod passes before its programs do.
     SyncEndpoint {
         interface: String,
+    },
+    /// Every endpoint's policy table (`cilia-dbg bpf policy list`).
+    PolicyList,
+    /// Drop and audit events numbered `after` and later; `None`: only the number the next event
+    /// will get (`cilia-dbg monitor` starts there and polls).
+    MonitorEvents {
+        #[serde(default)]
+        after: Option<u64>,
     },
 }
 
@@ -35,7 +45,16 @@ pub enum Response {
     Status(Box<AgentStatus>),
     EndpointStats(Vec<crate::status::EndpointStatsRow>),
     ServiceList(Vec<cilia_datapath::lb_intent::ServiceRow>),
-    EndpointReady { interface: String, ifindex: u32 },
+    L2List(crate::announcer::L2Listing),
+    EndpointReady {
+        interface: String,
+        ifindex: u32,
+    },
+    PolicyList(Vec<crate::enforcer::PolicyRow>),
+    MonitorEvents {
+        next: u64,
+        events: Vec<crate::enforcer::MonitorEvent>,
+    },
     Error(String),
 }
 
@@ -109,11 +128,27 @@ mod tests {
             Request::ServiceList
         );
         assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"l2-list"}"#).unwrap(),
+            Request::L2List
+        );
+        assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"sync-endpoint","interface":"lxc1"}"#)
                 .unwrap(),
             Request::SyncEndpoint {
                 interface: "lxc1".into()
             }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"policy-list"}"#).unwrap(),
+            Request::PolicyList
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"monitor-events","after":7}"#).unwrap(),
+            Request::MonitorEvents { after: Some(7) }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"monitor-events"}"#).unwrap(),
+            Request::MonitorEvents { after: None }
         );
         let e = serde_json::from_str::<Request>(r#"{"op":"nope"}"#)
             .unwrap_err()

@@ -12,12 +12,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use cilia_agent::agent::Agent;
+use cilia_agent::announcer::{L2Agent, L2Inputs, L2Listing};
 use cilia_agent::api::futures_reply::Reply;
 use cilia_agent::api::{self, Request, Response};
 use cilia_agent::lb::{LbAgent, lb_pin_dir};
 use cilia_agent::source::{FileSource, intent_hash};
 use cilia_agent::status::{AgentStatus, EndpointStatsRow};
-use cilia_agent::stream::{ClientTls, HeldIntent, IntentStream, StreamConfig, StreamStatus};
+use cilia_agent::stream::{
+    ClientTls, HeldIntent, IntentStream, StreamConfig, StreamL2, StreamStatus,
+};
 use cilia_model::NodeIntent;
 use tokio::sync::{oneshot, watch};
 
@@ -58,7 +61,8 @@ struct Args {
     /// Name to verify the operator's certificate against (default: the host of --operator).
     #[arg(long)]
     tls_server_name: Option<String>,
-    /// How often a heartbeat goes to the operator; an operator silent for 4 of these is redialled.
+    /// How often a heartbeat goes to the operator (while L2 announcements are on: every
+    /// l2-announcements-retry-period, when shorter); an operator silent for 4 beats is redialled.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     heartbeat_interval: Duration,
     /// Without an operator: cluster facts as JSON (nodes, routing config), from which the agent
@@ -142,7 +146,26 @@ async fn main() -> anyhow::Result<()> {
             cilia_agent::masq::masq_pin_dir(&args.bpf_root),
             cilia_datapath::masq_bpf::MasqMapSizes::default(),
         ),
+        policy: cilia_agent::enforcer::PolicyAgent::new(cilia_agent::enforcer::policy_pin_dir(
+            &args.bpf_root,
+        )),
     };
+
+    // L2 announcements: the ARP responder, and a link monitor whose up interfaces go to the
+    // operator and decide where the responder answers.
+    let l2_pin = args.bpf_root.join("l2");
+    let mut l2 = L2Agent::load(&l2_pin).context("loading the ARP responder")?;
+    let (links_tx, links_rx) = watch::channel(
+        cilia_datapath::l2::link_states()
+            .await
+            .context("listing links")?,
+    );
+    tokio::spawn(async move {
+        if let Err(e) = cilia_datapath::l2::watch_links(links_tx, Duration::from_secs(2)).await {
+            error!(error = %e, "link monitor stopped; up interfaces are no longer tracked");
+        }
+    });
+    let (heard_tx, heard_rx) = watch::channel(None::<Instant>);
 
     let shared = Arc::new(Mutex::new(agent.status.clone()));
     let (sync_tx, mut sync_rx) =
@@ -150,6 +173,8 @@ async fn main() -> anyhow::Result<()> {
     let handler: api::Handler = {
         let shared = shared.clone();
         let pin_dir = args.bpf_root.clone();
+        let (policy_log, policy_rows) = (agent.policy.log.clone(), agent.policy.rows.clone());
+        let l2_pin_api = l2_pin.clone();
         Arc::new(move |req| {
             Reply::Now(match req {
                 Request::SyncEndpoint { interface } => {
@@ -160,8 +185,20 @@ async fn main() -> anyhow::Result<()> {
                     };
                 }
                 Request::Status => Response::Status(Box::new(shared.lock().unwrap().clone())),
+                Request::PolicyList => Response::PolicyList(policy_rows.lock().unwrap().clone()),
+                Request::MonitorEvents { after } => {
+                    let (next, events) = policy_log.lock().unwrap().since(after);
+                    Response::MonitorEvents { next, events }
+                }
                 Request::ServiceList => {
                     Response::ServiceList(shared.lock().unwrap().services.clone())
+                }
+                Request::L2List => {
+                    let st = shared.lock().unwrap().l2.clone();
+                    match L2Listing::read(&l2_pin_api, &st) {
+                        Ok(l) => Response::L2List(l),
+                        Err(e) => Response::Error(e.to_string()),
+                    }
                 }
                 Request::EndpointStats => match read_ep_stats(&pin_dir) {
                     Ok(rows) => {
@@ -222,6 +259,10 @@ async fn main() -> anyhow::Result<()> {
                 held: held_tx,
                 applied: applied_rx,
                 status: status_tx,
+                l2: StreamL2 {
+                    links: Some(links_rx.clone()),
+                    heard: Some(heard_tx),
+                },
             };
             tokio::spawn(stream.run(shutdown_rx));
             Source::Operator {
@@ -233,6 +274,10 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(f)) => Source::File(FileSource::new(f.clone(), args.node_name.clone())),
         (None, None) => unreachable!("clap requires a source"),
     };
+    let mut l2_in = L2Inputs::new(
+        links_rx,
+        matches!(source, Source::Operator { .. }).then_some(heard_rx),
+    );
     // The intent to make true, with its stream version (none for the file source).
     let mut intent: Option<(Option<u64>, NodeIntent)> = None;
     // A new intent: apply it at once (`fresh`), and once applied record it (status, disk, ack).
@@ -266,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
                     (fresh, unrecorded) = (true, true);
                 }
             }
+            _ = l2_in.changed() => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -307,6 +353,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        if let Some((_, i)) = &intent {
+            agent.status.datapath_writes += sync_l2(&mut l2, &mut l2_in, i, &source, apply_now);
+            agent.status.l2 = l2.status.clone();
+        }
         if let Source::Operator { status, .. } = &source {
             agent.status.intent_stream = Some(status.borrow().clone());
         }
@@ -334,6 +384,30 @@ enum Source {
         status: watch::Receiver<StreamStatus>,
     },
     File(FileSource),
+}
+
+/// L2 announcements after each pass: entries when the intent or the links changed (or a resync is
+/// due), the lease on every word from the operator. Failures are logged and retried next pass.
+fn sync_l2(
+    l2: &mut L2Agent,
+    inputs: &mut L2Inputs,
+    intent: &NodeIntent,
+    source: &Source,
+    resync: bool,
+) -> u64 {
+    let entries = inputs.take_links_changed() || resync;
+    // A newer intent waits (the loop takes it next): no lease renewal on what may be stale.
+    let pending = match source {
+        Source::Operator { held, .. } => held.has_changed().unwrap_or(false),
+        Source::File(_) => false,
+    };
+    match l2.sync(intent, &inputs.links(), inputs.heard(), entries, pending) {
+        Ok(writes) => writes as u64,
+        Err(e) => {
+            warn!(error = %e, "L2 announcements: applying failed; retrying");
+            0
+        }
+    }
 }
 
 /// The next intent from the stream; never resolves for the file source.

@@ -40,6 +40,9 @@ pub struct AgentStatus {
     /// `Disabled`).
     #[serde(default)]
     pub masquerading: String,
+    /// L2 announcements: lease, up interfaces, announced VIPs (`cilia-dbg bpf l2 list`).
+    #[serde(default)]
+    pub l2: crate::announcer::L2Status,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

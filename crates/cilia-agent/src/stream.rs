@@ -5,10 +5,12 @@
 //!
 //! The decisions are pure (`on_update`); `IntentStream::run` is the plumbing around them.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cilia_datapath::l2::LinkState;
 use cilia_model::{IntentDigest, NodeIntent};
 use cilia_proto::tls::{CA_FILE, CERT_FILE, KEY_FILE};
 use cilia_proto::v1::IntentUpdate;
@@ -157,7 +159,7 @@ pub struct StreamStatus {
     /// Why the last session ended or could not start.
     pub last_error: Option<String>,
     /// Since when the operator has been unreachable (Unix ms); `None` while connected. L2
-    /// announcements, once they exist, lapse a lease after this.
+    /// announcements lapse one lease after the operator's last word (see `StreamL2::heard`).
     pub disconnected_since_unix_ms: Option<u64>,
 }
 
@@ -266,6 +268,50 @@ pub struct IntentStream {
     pub held: watch::Sender<Option<Arc<HeldIntent>>>,
     pub applied: watch::Receiver<u64>,
     pub status: watch::Sender<StreamStatus>,
+    pub l2: StreamL2,
+}
+
+/// The stream's part in L2 announcements: it reports the node's up interfaces to the operator
+/// (the operator announces VIPs only on those) and publishes when the operator was last heard.
+#[derive(Default)]
+pub struct StreamL2 {
+    /// The node's links (a link monitor keeps it current); `None`: report no interface.
+    pub links: Option<watch::Receiver<Vec<LinkState>>>,
+    /// Set to the instant of every operator message once the session is in step with the
+    /// operator: a snapshot or delta arrived, or a heartbeat confirmed the held version. Before
+    /// that, a reconnecting agent may hold VIPs the operator has since given to another node, so
+    /// its lease must not be renewed on them.
+    pub heard: Option<watch::Sender<Option<Instant>>>,
+}
+
+impl StreamL2 {
+    fn up_interfaces(&self) -> BTreeSet<String> {
+        self.links
+            .as_ref()
+            .map(|l| crate::announcer::reportable_interfaces(&l.borrow()))
+            .unwrap_or_default()
+    }
+
+    async fn links_changed(&mut self) {
+        if let Some(l) = &mut self.links
+            && l.changed().await.is_ok()
+        {
+            return;
+        }
+        std::future::pending().await
+    }
+}
+
+/// How often to heartbeat the operator: while the held intent has L2 announcements on, every
+/// `l2-announcements-retry-period` (the operator declares the agent gone after the renew deadline
+/// and hands its VIPs on); otherwise the configured interval. Pure.
+pub fn heartbeat_interval(configured: Duration, held: Option<&HeldIntent>) -> Duration {
+    match held.map(|h| &h.intent.datapath) {
+        Some(dp) if dp.l2_announcements && dp.l2_retry_period_ms > 0 => {
+            Duration::from_millis(u64::from(dp.l2_retry_period_ms)).min(configured)
+        }
+        _ => configured,
+    }
 }
 
 impl IntentStream {
@@ -326,8 +372,9 @@ impl IntentStream {
             node: c.node.clone(),
             agent_version: c.agent_version.clone(),
             held: held_now.as_ref().map(|h| (h.version, h.digest())),
-            up_interfaces: Default::default(),
+            up_interfaces: self.l2.up_interfaces(),
         };
+        let mut reported_up = hello.up_interfaces.clone();
         let (tx, rx) = mpsc::channel(16);
         let _ = tx.try_send(agent_message_to_proto(&AgentMessage::Hello(hello)));
         let mut inbound = match IntentServiceClient::new(channel)
@@ -344,11 +391,12 @@ impl IntentStream {
             s.last_error = None;
         });
 
-        let silent_after = c.heartbeat_interval * 4;
-        let mut heartbeat = tokio::time::interval(c.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_beat = tokio::time::Instant::now();
+        let mut every = heartbeat_interval(c.heartbeat_interval, held_now.as_deref());
         let mut last_heard = Instant::now();
         let mut heard = false;
+        // In step with the operator (see `StreamL2::heard`).
+        let mut in_step = false;
         // Only versions received in this session are acked: the numbering is this operator's. (A
         // resumed intent needs no ack: the operator counts it as applied when it accepts the hello.)
         let mut received_up_to = 0;
@@ -367,7 +415,13 @@ impl IntentStream {
                     last_heard = Instant::now();
                     heard = true;
                     let held = self.held.borrow().clone();
-                    match on_update(&c.node, held.as_deref(), &m) {
+                    let step = on_update(&c.node, held.as_deref(), &m);
+                    in_step |= match &step {
+                        Step::Hold(_) => true,
+                        Step::OperatorAt(v) => held.as_ref().map(|h| h.version).unwrap_or(0) == *v,
+                        Step::Resync(_) => false,
+                    };
+                    match step {
                         Step::OperatorAt(v) => self.status.send_modify(|s| s.operator_version = v),
                         Step::Hold(h) => {
                             let snapshot = matches!(m.msg, Some(cilia_proto::v1::intent_update::Msg::Snapshot(_)));
@@ -379,6 +433,14 @@ impl IntentStream {
                                 if snapshot { s.snapshots_received += 1 } else { s.deltas_received += 1 }
                             });
                             self.held.send_replace(Some(Arc::new(h)));
+                            // L2 announcements just turned on (or their retry period shrank): the
+                            // operator times this agent out after the renew deadline from now on,
+                            // so beat now and at the new pace, not at the old one.
+                            let now_every = heartbeat_interval(c.heartbeat_interval, self.held.borrow().as_deref());
+                            if now_every < every {
+                                next_beat = tokio::time::Instant::now();
+                            }
+                            every = now_every;
                         }
                         Step::Resync(reason) => {
                             warn!(%reason, "cannot use the operator's update; keeping the held intent and asking for a snapshot");
@@ -390,6 +452,11 @@ impl IntentStream {
                                 return (Err(SessionError::Closed), heard);
                             }
                         }
+                    }
+                    // After the held intent is published, so the apply loop never renews the
+                    // lease on an intent older than this message.
+                    if in_step && let Some(h) = &self.l2.heard {
+                        h.send_replace(Some(last_heard));
                     }
                 }
                 r = self.applied.changed() => {
@@ -405,11 +472,31 @@ impl IntentStream {
                         }
                     }
                 }
-                _ = heartbeat.tick() => {
+                _ = self.l2.links_changed() => {
+                    // The operator must learn at once that an interface lost its carrier: it
+                    // moves the VIPs announced there.
+                    let up = self.l2.up_interfaces();
+                    if up != reported_up {
+                        info!(up = ?up, "up interfaces changed; telling the operator");
+                        reported_up = up.clone();
+                        let hb = AgentMessage::Heartbeat { unix_millis: unix_ms(), up_interfaces: up };
+                        if tx.send(agent_message_to_proto(&hb)).await.is_err() {
+                            return (Err(SessionError::Closed), heard);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_beat) => {
+                    every = heartbeat_interval(c.heartbeat_interval, self.held.borrow().as_deref());
+                    next_beat = tokio::time::Instant::now() + every;
+                    // An operator silent for 4 beats is redialled; not sooner than 1 s, so a busy
+                    // node does not drop a working stream (the operator reads a dropped stream as
+                    // a dead agent and moves its VIPs).
+                    let silent_after = (every * 4).max(Duration::from_secs(1)).min(c.heartbeat_interval * 4);
                     if last_heard.elapsed() > silent_after {
                         return (Err(SessionError::Silent(silent_after)), heard);
                     }
-                    let hb = AgentMessage::Heartbeat { unix_millis: unix_ms(), up_interfaces: Default::default() };
+                    reported_up = self.l2.up_interfaces();
+                    let hb = AgentMessage::Heartbeat { unix_millis: unix_ms(), up_interfaces: reported_up.clone() };
                     if tx.send(agent_message_to_proto(&hb)).await.is_err() {
                         return (Err(SessionError::Closed), heard);
                     }

@@ -13,7 +13,7 @@ use std::mem::size_of;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
@@ -24,6 +24,8 @@ use crate::maps::{assert_layout, c};
 pub static TC_L2_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_l2.o"));
 pub const L2_PROG: &str = "cil_l2_responder";
 pub const L2_RESPONDER_MAP: &str = "cilia_l2_responder_v4";
+/// The node's answering deadline (`struct l2_lease`, an array of one).
+pub const L2_LEASE_MAP: &str = "cilia_l2_lease";
 /// Links of the responder live apart from the endpoint links (whose directory is scanned for pods).
 const LINKS_DIR: &str = "l2links";
 
@@ -43,11 +45,22 @@ pub struct L2ResponderEntry {
     pub mac: [u8; 6],
     pub pad: [u8; 2],
     pub responses_sent: u64,
+    /// Requests left unanswered because the lease had run out.
+    pub lapsed: u64,
+}
+
+/// Value of `cilia_l2_lease`: the responder answers only while `bpf_ktime_get_ns()` (CLOCK_MONOTONIC)
+/// is below `expires_ns`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct L2Lease {
+    pub expires_ns: u64,
 }
 
 // SAFETY: plain-old-data, every bit pattern valid, explicit padding (layout checked below).
 unsafe impl aya::Pod for L2ResponderKey {}
 unsafe impl aya::Pod for L2ResponderEntry {}
+unsafe impl aya::Pod for L2Lease {}
 
 assert_layout!(
     L2ResponderKey,
@@ -59,8 +72,25 @@ assert_layout!(
     L2ResponderEntry,
     c::SIZE_l2_responder_entry,
     mac = c::OFF_l2_responder_entry_mac,
-    responses_sent = c::OFF_l2_responder_entry_responses_sent
+    responses_sent = c::OFF_l2_responder_entry_responses_sent,
+    lapsed = c::OFF_l2_responder_entry_lapsed
 );
+assert_layout!(
+    L2Lease,
+    c::SIZE_l2_lease,
+    expires_ns = c::OFF_l2_lease_expires_ns
+);
+
+/// Now on the clock `bpf_ktime_get_ns()` reads (CLOCK_MONOTONIC), in nanoseconds.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// Capacity of the responder map.
 pub const L2_RESPONDER_MAX: u32 = c::CILIA_L2_RESPONDER_MAX;
@@ -232,6 +262,38 @@ impl L2Datapath {
         })
     }
 
+    fn lease_map(&mut self) -> Result<Array<&mut MapData, L2Lease>, BpfError> {
+        let map = self
+            .ebpf
+            .map_mut(L2_LEASE_MAP)
+            .expect("map is in the object");
+        Array::try_from(map).map_err(|source| BpfError::Map {
+            name: L2_LEASE_MAP,
+            source,
+        })
+    }
+
+    /// Until when (CLOCK_MONOTONIC ns) the responder answers; 0: not at all.
+    pub fn lease(&mut self) -> Result<u64, BpfError> {
+        let map = self.lease_map()?;
+        map.get(&0, 0)
+            .map(|l| l.expires_ns)
+            .map_err(|source| BpfError::Map {
+                name: L2_LEASE_MAP,
+                source,
+            })
+    }
+
+    /// Lets the responder answer until `expires_ns` (CLOCK_MONOTONIC ns; 0 stops it at once).
+    pub fn set_lease(&mut self, expires_ns: u64) -> Result<(), BpfError> {
+        let mut map = self.lease_map()?;
+        map.set(0, L2Lease { expires_ns }, 0)
+            .map_err(|source| BpfError::Map {
+                name: L2_LEASE_MAP,
+                source,
+            })
+    }
+
     /// The pinned entries with their counters.
     pub fn entries(&mut self) -> Result<BTreeMap<L2ResponderKey, L2ResponderEntry>, BpfError> {
         let map = self.map()?;
@@ -286,6 +348,17 @@ pub fn read_entries(pin_dir: &Path) -> Result<Vec<(L2ResponderKey, L2ResponderEn
     }
     out.sort_by_key(|(k, _)| (k.vip(), k.ifindex));
     Ok(out)
+}
+
+/// Reads the pinned lease of a node (for `cilia-dbg`): until when (CLOCK_MONOTONIC ns) it answers.
+pub fn read_lease(pin_dir: &Path) -> Result<u64, BpfError> {
+    let err = |source| BpfError::Map {
+        name: L2_LEASE_MAP,
+        source,
+    };
+    let data = MapData::from_pin(pin_dir.join(L2_LEASE_MAP)).map_err(err)?;
+    let a: Array<_, L2Lease> = Array::try_from(aya::maps::Map::Array(data)).map_err(err)?;
+    a.get(&0, 0).map(|l| l.expires_ns).map_err(err)
 }
 
 /// A gratuitous ARP for `vip` at `mac` in RFC 5227's "ARP announcement" form: a broadcast
@@ -482,4 +555,50 @@ pub async fn link_states() -> io::Result<Vec<LinkState>> {
     };
     task.abort();
     res.map(|()| out)
+}
+
+/// Keeps `tx` holding the namespace's [`link_states`], re-read whenever the kernel announces a link
+/// change (`RTMGRP_LINK`, so carrier loss shows within milliseconds) and at least every
+/// `resync` in case a notification was lost (a full socket buffer drops them). Publishes only
+/// changes. Runs until `tx` has no receivers left.
+pub async fn watch_links(
+    tx: tokio::sync::watch::Sender<Vec<LinkState>>,
+    resync: std::time::Duration,
+) -> io::Result<()> {
+    use futures::StreamExt;
+    use rtnetlink::MulticastGroup;
+
+    let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
+    let task = tokio::spawn(conn);
+    let res = loop {
+        match link_states().await {
+            Ok(links) => {
+                tx.send_if_modified(|cur| {
+                    if *cur == links {
+                        false
+                    } else {
+                        *cur = links;
+                        true
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "listing links failed; retrying"),
+        }
+        tokio::select! {
+            ev = events.next() => {
+                if ev.is_none() {
+                    break Err(io::Error::other("link notifications ended"));
+                }
+                // A burst (a veth pair, an up with carrier) is read once.
+                while let Ok(Some(_)) = tokio::time::timeout(
+                    std::time::Duration::from_millis(2),
+                    events.next(),
+                ).await {}
+            }
+            _ = tokio::time::sleep(resync) => {}
+            _ = tx.closed() => break Ok(()),
+        }
+    };
+    task.abort();
+    res
 }

@@ -212,6 +212,44 @@ impl Netlink {
     }
 }
 
+/// A `/32` route of the main table through a device without a gateway (`<ip>/32 dev <if>`): how
+/// the CNI plugin points the node at a pod behind its host-side veth. (address, ifindex).
+fn host_route_of(m: &RouteMessage) -> Option<(Ipv4Addr, u32)> {
+    // Unicast only: the local table holds `local <addr> dev <if>` routes for the node's own
+    // addresses, which are no pods.
+    if m.header.destination_prefix_length != 32
+        || m.header.kind != netlink_packet_route::route::RouteType::Unicast
+    {
+        return None;
+    }
+    let mut dst = None;
+    let mut oif = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(_) => return None,
+            _ => {}
+        }
+    }
+    Some((dst?, oif?))
+}
+
+impl Netlink {
+    /// Every `<ip>/32 dev <if>` route of the main table (see [`host_route_of`]).
+    pub async fn host_routes(&self) -> Result<Vec<(Ipv4Addr, u32)>, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut stream = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        while let Some(m) = stream.try_next().await.map_err(req("listing routes"))? {
+            if let Some(r) = host_route_of(&m) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn route_intent_of(m: &RouteMessage) -> Option<RouteIntent> {
     let mut dst = None;
     let mut via = None;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use cilia_datapath::l2::{L2Datapath, L2ResponderKey, read_entries};
+use cilia_datapath::l2::{L2Datapath, L2ResponderKey, monotonic_now_ns, read_entries, read_lease};
 use cilia_datapath::testrun::test_run;
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: next program in the TCX chain
@@ -114,6 +114,32 @@ fn arp_responder_table() {
         "an unchanged table is not rewritten"
     );
     let fd = dp.prog_fd();
+    // The lease gates every answer: a fresh map (0) and a lease that ran out answer nothing.
+    let now = monotonic_now_ns();
+    let mut lapsed = 0;
+    for (what, expires) in [
+        ("a fresh lease (0)", None),
+        ("a lease that ran out 1 ms ago", Some(now - 1_000_000)),
+        ("a lease ending now", Some(now)),
+    ] {
+        if let Some(t) = expires {
+            dp.set_lease(t).unwrap();
+        }
+        let out = test_run(fd, &request(VIP), 1, None).unwrap();
+        assert_eq!(
+            out.retval, TC_ACT_UNSPEC,
+            "{what}: an announced VIP must not be answered"
+        );
+        assert_eq!(out.data, request(VIP), "{what}: frame untouched");
+        lapsed += 1;
+    }
+    assert_eq!(read_entries(&dir.0).unwrap()[0].1.lapsed, lapsed);
+    assert_eq!(read_entries(&dir.0).unwrap()[0].1.responses_sent, 0);
+    // A running lease: the table answers.
+    let until = monotonic_now_ns() + 60_000_000_000;
+    dp.set_lease(until).unwrap();
+    assert_eq!(dp.lease().unwrap(), until);
+    assert_eq!(read_lease(&dir.0).unwrap(), until, "read from the pin");
     let mut answered = 0;
     for c in cases() {
         let out = test_run(fd, &c.frame, 1, None).unwrap();
@@ -165,8 +191,93 @@ fn arp_responder_table() {
     let entries = read_entries(&dir.0).unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].1.responses_sent, answered, "reply counter");
+    assert_eq!(entries[0].1.lapsed, lapsed, "no lapse while the lease ran");
+    // The lease withdrawn (0, as the agent does on lapse): silent again, the entry kept.
+    dp.set_lease(0).unwrap();
+    let out = test_run(fd, &request(VIP), 1, None).unwrap();
+    assert_eq!(
+        out.retval, TC_ACT_UNSPEC,
+        "a withdrawn lease is not answered"
+    );
+    dp.set_lease(until).unwrap();
     // Withdrawing the VIP stops the answers.
     assert_eq!(dp.apply(&BTreeMap::new()).unwrap(), 1);
     let out = test_run(fd, &request(VIP), 1, None).unwrap();
     assert_eq!(out.retval, TC_ACT_UNSPEC, "a withdrawn VIP is not answered");
+}
+
+// The link monitor sees a carrier change through the kernel's link notifications, well before its
+// fallback re-listing (set to a minute here).
+#[test]
+fn link_monitor_sees_carrier_changes_at_once() {
+    if !can_load_bpf() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+    let ns = format!("cl2links-{:x}", std::process::id());
+    let sh = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    sh(&["ip", "netns", "add", &ns]);
+    let _del = Del(ns.clone());
+    sh(&[
+        "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+    sh(&["ip", "-n", &ns, "link", "set", "peer0", "up"]);
+    let ns2 = ns.clone();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns2}")).unwrap();
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
+            tokio::spawn(cilia_datapath::l2::watch_links(tx, Duration::from_secs(60)));
+            let up = |rx: &tokio::sync::watch::Receiver<Vec<cilia_datapath::l2::LinkState>>| {
+                rx.borrow()
+                    .iter()
+                    .find(|l| l.iface.name == "eth0")
+                    .map(|l| l.up)
+            };
+            let wait = async |rx: &mut tokio::sync::watch::Receiver<_>, want: bool| {
+                let t = Instant::now();
+                while up(rx) != Some(want) {
+                    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+                        .await
+                        .expect("no link change within 5 s")
+                        .unwrap();
+                }
+                t.elapsed()
+            };
+            wait(&mut rx, true).await;
+            // The peer goes down: eth0 loses its carrier (still administratively up).
+            let s = Command::new("ip")
+                .args(["link", "set", "peer0", "down"])
+                .status()
+                .unwrap();
+            assert!(s.success());
+            let took = wait(&mut rx, false).await;
+            assert!(took < Duration::from_secs(5), "{took:?}");
+            let s = Command::new("ip")
+                .args(["link", "set", "peer0", "up"])
+                .status()
+                .unwrap();
+            assert!(s.success());
+            wait(&mut rx, true).await;
+        });
+    })
+    .join()
+    .unwrap();
 }

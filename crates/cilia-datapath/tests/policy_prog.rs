@@ -5,9 +5,9 @@
 use std::net::Ipv4Addr;
 
 use cilia_datapath::policy::{
-    Direction, EventReader, EventVerdict, ID_ANY, ID_KUBE_APISERVER, PROG_FROM_CONTAINER,
-    PROG_TO_CONTAINER, PolicyDatapath, PolicyEntry, PolicyMaps, PortPrefix, Verdict,
-    port_range_prefixes,
+    Direction, EventReader, EventVerdict, ID_ANY, ID_KUBE_APISERVER, ID_REMOTE_NODE,
+    PROG_FROM_CONTAINER, PROG_HOST_EGRESS, PROG_HOST_INGRESS, PROG_TO_CONTAINER, PolicyDatapath,
+    PolicyEntry, PolicyMaps, PortPrefix, Verdict, port_range_prefixes,
 };
 use cilia_datapath::testrun::test_run;
 
@@ -284,3 +284,88 @@ fn policy_verdict_table_in_audit_mode() {
         run_table(true);
     }
 }
+
+// A host policy on a node device judges the host's traffic only: a packet routed through to one
+// of the node's pods (or leaving from one) passes the host programs and is left to the pod's own
+// policy; the host's own traffic from a peer the policy does not allow is dropped, the API server's
+// passes, and the host's outgoing connection's reply comes back in through conntrack.
+#[test]
+fn host_policy_leaves_pod_traffic_to_the_pods() {
+    if !can_load_bpf() {
+        return;
+    }
+    cilia_datapath::bpf::ensure_bpffs().unwrap();
+    let dir = PinDir::new("policy", "host");
+    let mut dp = PolicyDatapath::load(&dir.0).unwrap();
+    const NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+    const PEER_NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+    let mut m = PolicyMaps::default();
+    m.ipcache.insert((NODE, 32), 1);
+    m.ipcache.insert((PEER_NODE, 32), ID_REMOTE_NODE);
+    m.ipcache.insert((APISERVER_EXT, 32), ID_KUBE_APISERVER);
+    m.ipcache.insert((POD, 32), ID_EMPIRE);
+    m.endpoints.insert(EP, (true, false, false));
+    m.entries.insert(
+        entry(Direction::Ingress, ID_KUBE_APISERVER, 0, 0),
+        (Verdict::Allow, 0),
+    );
+    dp.apply(&m).unwrap();
+    let mut events = EventReader::open(&dir.0).unwrap();
+    let run = |dp: &PolicyDatapath, prog: &str, f: Vec<u8>| {
+        test_run(dp.prog_fd(prog), &f, 1, None).unwrap().retval
+    };
+    assert_eq!(
+        run(
+            &dp,
+            PROG_HOST_INGRESS,
+            frame(6, (APISERVER_EXT, 40000), (NODE, 10250))
+        ),
+        TC_ACT_UNSPEC,
+        "the API server reaches the host"
+    );
+    assert_eq!(
+        run(
+            &dp,
+            PROG_HOST_INGRESS,
+            frame(6, (PEER_NODE, 40000), (NODE, 10250))
+        ),
+        TC_ACT_SHOT,
+        "another peer does not"
+    );
+    let e = events.drain();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        (e[0].src, e[0].verdict),
+        (PEER_NODE, EventVerdict::DefaultDeny)
+    );
+    assert_eq!(
+        run(
+            &dp,
+            PROG_HOST_INGRESS,
+            frame(6, (PEER_NODE, 40001), (POD, 80))
+        ),
+        TC_ACT_UNSPEC,
+        "routed on to a pod: not the host's"
+    );
+    assert_eq!(
+        run(
+            &dp,
+            PROG_HOST_EGRESS,
+            frame(6, (NODE, 40002), (PEER_NODE, 443))
+        ),
+        TC_ACT_UNSPEC,
+        "egress is not enforced"
+    );
+    assert_eq!(
+        run(
+            &dp,
+            PROG_HOST_INGRESS,
+            frame(6, (PEER_NODE, 443), (NODE, 40002))
+        ),
+        TC_ACT_UNSPEC,
+        "the reply of the host's own connection"
+    );
+    assert!(events.drain().is_empty());
+}
+
+const APISERVER_EXT: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 100);

@@ -72,6 +72,37 @@ enum Cmd {
         #[command(subcommand)]
         map: BpfCmd,
     },
+    /// Stream policy drop and audit events as they happen (like `cilium-dbg monitor`).
+    Monitor {
+        /// Only events of this kind.
+        #[arg(short = 't', long = "type", value_enum)]
+        kind: Option<MonitorKind>,
+        /// Stop after this long (`500ms`, `10s`, `2m`); default: until interrupted.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// One JSON object per event instead of text lines.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum MonitorKind {
+    Drop,
+    Audit,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 2m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?}: unit must be ms, s or m")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +126,28 @@ enum BpfCmd {
     Nat {
         #[command(subcommand)]
         op: ListOp,
+    },
+    /// L2 announcements: the VIPs this node answers ARP for (map cilia_l2_responder_v4), with
+    /// interface, MAC and reply counters, and whether its lease runs.
+    L2 {
+        #[command(subcommand)]
+        op: ListOp,
+    },
+    /// Endpoints' policy tables (maps cilia_policy4_exact, cilia_policy_v4) as the agent wrote them.
+    Policy {
+        #[command(subcommand)]
+        op: PolicyOp,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyOp {
+    /// List the entries of every enforced endpoint, or of one.
+    List {
+        /// Only this endpoint: `namespace/name`, `host`, or its interface (`lxc…`, `eth0`).
+        endpoint: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
@@ -274,6 +327,7 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
     if !s.masquerading.is_empty() {
         v.push(("Masquerading", s.masquerading.clone()));
     }
+    v.push(("L2 announcements", s.l2.summary()));
     v.push(("Attach Mode", s.attach_mode.clone()));
     v.push(("Device Mode", "veth".into()));
     v.push(("Datapath writes", s.datapath_writes.to_string()));
@@ -393,8 +447,222 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 op: ListOp::List { output },
             },
         } => bpf_nat_list(&cli.bpf_root, output)?,
+        Cmd::Bpf {
+            map: BpfCmd::L2 {
+                op: ListOp::List { output },
+            },
+        } => bpf_l2_list(&cli.state_dir, output)?,
+        Cmd::Bpf {
+            map:
+                BpfCmd::Policy {
+                    op: PolicyOp::List { endpoint, output },
+                },
+        } => bpf_policy_list(&cli.state_dir, endpoint.as_deref(), output)?,
+        Cmd::Monitor {
+            kind,
+            duration,
+            output,
+        } => monitor(&cli.state_dir, kind, duration, output)?,
     }
     Ok(())
+}
+
+/// `cilia-dbg bpf l2 list`: live counters from the agent (it reads the pins).
+fn bpf_l2_list(state_dir: &Path, output: Output) -> anyhow::Result<()> {
+    let Response::L2List(l) = ask(state_dir, &Request::L2List)? else {
+        bail!("unexpected answer")
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&l)?);
+        return Ok(());
+    }
+    if !l.enabled && l.vips.is_empty() {
+        eprintln!("L2 announcements are disabled (l2announcements.enabled).");
+        return Ok(());
+    }
+    if l.vips.is_empty() {
+        eprintln!("No entries found.");
+        return Ok(());
+    }
+    let state = if l.answering {
+        format!("answering (lease {} ms left)", l.lease_left_ms)
+    } else {
+        "silent (lease ran out: no word from the operator)".to_string()
+    };
+    let table: Vec<Vec<String>> = l
+        .vips
+        .iter()
+        .map(|v| {
+            vec![
+                v.vip.to_string(),
+                v.interface.clone(),
+                v.mac.clone(),
+                if v.service.is_empty() {
+                    "-".into()
+                } else {
+                    v.service.clone()
+                },
+                v.replies.to_string(),
+                v.lapsed.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "VIP",
+            "INTERFACE",
+            "MAC",
+            "SERVICE",
+            "REPLIES",
+            "UNANSWERED (LEASE OUT)",
+        ],
+        &table,
+    );
+    println!("{state}");
+    Ok(())
+}
+
+fn bpf_policy_list(state_dir: &Path, endpoint: Option<&str>, output: Output) -> anyhow::Result<()> {
+    let Response::PolicyList(rows) = ask(state_dir, &Request::PolicyList)? else {
+        bail!("unexpected answer")
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| endpoint.is_none_or(|e| r.endpoint == e || r.interface.as_deref() == Some(e)))
+        .collect();
+    if let (Some(e), true) = (endpoint, rows.is_empty()) {
+        bail!("no policy selects endpoint {e:?} on this node");
+    }
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("No entries found.");
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.endpoint.clone(),
+                r.interface.clone().unwrap_or_else(|| "-".into()),
+                enforcement(r.ingress_enforced, r.egress_enforced, r.audit),
+                r.direction.clone(),
+                r.identity.to_string(),
+                format!("{}/{}", r.port, r.proto),
+                r.verdict.clone(),
+                r.policy.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ENDPOINT",
+            "INTERFACE",
+            "ENFORCED",
+            "DIRECTION",
+            "IDENTITY",
+            "PORT/PROTO",
+            "VERDICT",
+            "POLICY",
+        ],
+        &table,
+    );
+    Ok(())
+}
+
+/// `ingress+egress`, `ingress`, `egress` or `none`, with ` (audit)` in audit mode.
+fn enforcement(ingress: bool, egress: bool, audit: bool) -> String {
+    let dirs = match (ingress, egress) {
+        (true, true) => "ingress+egress",
+        (true, false) => "ingress",
+        (false, true) => "egress",
+        (false, false) => "none",
+    };
+    if audit {
+        format!("{dirs} (audit)")
+    } else {
+        dirs.to_string()
+    }
+}
+
+/// How often `monitor` asks the agent for new events.
+const MONITOR_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn monitor(
+    state_dir: &Path,
+    kind: Option<MonitorKind>,
+    duration: Option<std::time::Duration>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    // Start where the agent's log stands now: only events from here on, as cilium-dbg does.
+    let Response::MonitorEvents { mut next, .. } =
+        ask(state_dir, &Request::MonitorEvents { after: None })?
+    else {
+        bail!("unexpected answer")
+    };
+    // Says when events are being caught; on stderr with JSON, so stdout stays one object a line.
+    let listening = format!(
+        "Listening for events on the agent at {}\nPress Ctrl-C to quit",
+        state_dir.display()
+    );
+    match output {
+        Output::Table => println!("{listening}"),
+        Output::Json => eprintln!("{listening}"),
+    }
+    let mut stdout = std::io::stdout();
+    let mut lost = false;
+    loop {
+        // An agent restarting is waited for, as cilium-dbg monitor reconnects: say so once.
+        let (n, events) = match ask(state_dir, &Request::MonitorEvents { after: Some(next) }) {
+            Ok(Response::MonitorEvents { .. }) if lost => {
+                // A new agent process numbers its events from 0: everything it has is new.
+                eprintln!("Reconnected to the agent");
+                lost = false;
+                next = 0;
+                continue;
+            }
+            Ok(Response::MonitorEvents { next, events }) => (next, events),
+            Ok(_) => bail!("unexpected answer"),
+            Err(e) => {
+                if !std::mem::replace(&mut lost, true) {
+                    eprintln!("Lost the agent ({e:#}); reconnecting");
+                }
+                if duration.is_some_and(|d| started.elapsed() >= d) {
+                    return Ok(());
+                }
+                std::thread::sleep(MONITOR_POLL);
+                continue;
+            }
+        };
+        if n < next {
+            // The agent restarted and numbers from 0 again.
+            next = 0;
+            continue;
+        }
+        next = n;
+        for e in events {
+            let wanted = match kind {
+                None => true,
+                Some(MonitorKind::Drop) => e.verdict == "DROP",
+                Some(MonitorKind::Audit) => e.verdict == "AUDIT",
+            };
+            if !wanted {
+                continue;
+            }
+            match output {
+                Output::Json => writeln!(stdout, "{}", serde_json::to_string(&e)?)?,
+                Output::Table => writeln!(stdout, "{}", e.line())?,
+            }
+        }
+        stdout.flush()?;
+        if duration.is_some_and(|d| started.elapsed() >= d) {
+            return Ok(());
+        }
+        std::thread::sleep(MONITOR_POLL);
+    }
 }
 
 fn service_list(state_dir: &Path, output: Output) -> anyhow::Result<()> {
@@ -518,6 +786,7 @@ mod tests {
                 algorithm: "Maglev".into(),
                 maglev_table_size: 16381,
                 services: 3,
+                draining_backends: 0,
             },
             ..Default::default()
         }
@@ -566,8 +835,35 @@ mod tests {
             &["cilia-dbg", "bpf", "ipmasq", "list", "-o", "json"],
             &["cilia-dbg", "bpf", "nat", "list"],
             &["cilia-dbg", "bpf", "nat", "list", "-o", "json"],
+            &["cilia-dbg", "bpf", "policy", "list"],
+            &[
+                "cilia-dbg",
+                "bpf",
+                "policy",
+                "list",
+                "default/deathstar-1",
+                "-o",
+                "json",
+            ],
+            &["cilia-dbg", "monitor"],
+            &[
+                "cilia-dbg",
+                "monitor",
+                "-t",
+                "drop",
+                "--duration",
+                "10s",
+                "-o",
+                "json",
+            ],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
+        let e = Cli::try_parse_from(["cilia-dbg", "monitor", "--duration", "5h"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("5h"), "{e}");
+        assert_eq!(enforcement(true, false, true), "ingress (audit)");
+        assert_eq!(enforcement(false, false, false), "none");
     }
 }

@@ -303,6 +303,23 @@ struct Client {
 
 /// Starts the client holding `held`, with an apply loop that "applies" every held intent at once.
 fn client(b: &Bundle, addr: SocketAddr, held: Option<HeldIntent>) -> Client {
+    client_with(
+        b,
+        addr,
+        held,
+        StreamL2::default(),
+        Duration::from_millis(100),
+    )
+}
+
+/// [`client`] with L2 ends and a heartbeat interval.
+fn client_with(
+    b: &Bundle,
+    addr: SocketAddr,
+    held: Option<HeldIntent>,
+    l2: StreamL2,
+    heartbeat_interval: Duration,
+) -> Client {
     let pair = &b.nodes.iter().find(|(n, _)| n == NODE).unwrap().1;
     let (held_tx, held_rx) = watch::channel(held.map(Arc::new));
     let (applied_tx, applied_rx) = watch::channel(0u64);
@@ -319,13 +336,14 @@ fn client(b: &Bundle, addr: SocketAddr, held: Option<HeldIntent>) -> Client {
             },
             node: NODE.into(),
             agent_version: "test".into(),
-            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_interval,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
         },
         held: held_tx,
         applied: applied_rx,
         status: status_tx,
+        l2,
     };
     let mut loop_rx = held_rx.clone();
     tokio::spawn(async move {
@@ -576,4 +594,159 @@ fn client_tls_picks_this_nodes_certificate() {
         .err()
         .expect("worker2.key is missing");
     assert!(e.path.ends_with("worker2.key"), "{e}");
+}
+
+fn link(name: &str, ifindex: u32, up: bool) -> LinkState {
+    LinkState {
+        iface: cilia_datapath::l2::L2Interface {
+            name: name.into(),
+            ifindex,
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+        },
+        up,
+    }
+}
+
+fn reported_up(op: &Operator) -> Vec<String> {
+    op.agents
+        .presence
+        .reports(Instant::now())
+        .0
+        .get(NODE)
+        .map(|r| r.up_interfaces.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+// The hello carries the node's up interfaces (not the agent's own devices); a carrier change is
+// reported at once, not at the next heartbeat; every operator word is published for the lease.
+#[tokio::test]
+async fn reports_up_interfaces_at_once_and_publishes_the_operators_word() {
+    let b = bundle();
+    let (l, addr) = bind().await;
+    let op = operator(&b, l, lab()).await;
+    let (links_tx, links_rx) = watch::channel(vec![
+        link("eth0", 2, true),
+        link("eth1", 3, false),
+        link("cilia_host", 4, true),
+    ]);
+    let (heard_tx, mut heard_rx) = watch::channel(None::<Instant>);
+    let l2 = StreamL2 {
+        links: Some(links_rx),
+        heard: Some(heard_tx),
+    };
+    // Heartbeats every 10 s: only the immediate report can be seen within the test.
+    let c = client_with(&b, addr, None, l2, Duration::from_secs(10));
+    eventually("hello reports eth0", || reported_up(&op) == ["eth0"]).await;
+    eventually("snapshot held", || held_version(&c) == Some(1)).await;
+    eventually("operator heard", || heard_rx.borrow().is_some()).await;
+    let first = heard_rx.borrow_and_update().unwrap();
+    // The operator's heartbeats (every 100 ms here) keep it fresh.
+    eventually("heard again", || {
+        heard_rx.borrow().is_some_and(|t| t > first)
+    })
+    .await;
+    let t = Instant::now();
+    links_tx.send_modify(|l| l[1].up = true);
+    eventually("eth1 reported", || reported_up(&op) == ["eth0", "eth1"]).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    links_tx.send_modify(|l| l[0].up = false);
+    eventually("eth0 gone", || reported_up(&op) == ["eth1"]).await;
+    let _ = c.shutdown.send(true);
+    op.stop().await;
+}
+
+#[test]
+fn heartbeats_follow_the_l2_retry_period_while_announcements_are_on() {
+    let five = Duration::from_secs(5);
+    assert_eq!(heartbeat_interval(five, None), five);
+    let mut intent = node_intent(&lab(), NODE).unwrap();
+    let h = HeldIntent::new(1, intent.clone());
+    assert_eq!(heartbeat_interval(five, Some(&h)), five, "L2 off");
+    intent.datapath.l2_announcements = true;
+    intent.datapath.l2_retry_period_ms = 100;
+    let h = HeldIntent::new(1, intent.clone());
+    assert_eq!(
+        heartbeat_interval(five, Some(&h)),
+        Duration::from_millis(100)
+    );
+    // Never slower than configured.
+    intent.datapath.l2_retry_period_ms = 60_000;
+    let h = HeldIntent::new(1, intent);
+    assert_eq!(heartbeat_interval(five, Some(&h)), five);
+}
+
+/// A client of a [`Scripted`] operator sending `script`, holding `held`; returns the client and
+/// the operator's-word channel.
+async fn scripted_client(
+    b: &Bundle,
+    script: Vec<v1::IntentUpdate>,
+    held: Option<HeldIntent>,
+) -> (Client, watch::Receiver<Option<Instant>>) {
+    let (l, addr) = bind().await;
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let svc = Scripted {
+        script: Mutex::new(Some(script)),
+        seen: seen_tx,
+    };
+    let tls = server_tls(b);
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(v1::intent_service_server::IntentServiceServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .await;
+    });
+    let (heard_tx, heard_rx) = watch::channel(None);
+    let l2 = StreamL2 {
+        links: None,
+        heard: Some(heard_tx),
+    };
+    (
+        client_with(b, addr, held, l2, Duration::from_millis(100)),
+        heard_rx,
+    )
+}
+
+// The operator's word renews the L2 lease only once the session is in step: a reconnecting agent
+// may hold VIPs the operator has since moved to another node, so heartbeats that announce another
+// version do not count until the snapshot (or a heartbeat confirming the held version) arrived.
+#[tokio::test]
+async fn the_operators_word_counts_for_the_lease_only_in_step() {
+    let b = bundle();
+    let held_v5 = HeldIntent::new(5, node_intent(&lab(), NODE).unwrap());
+    let moved = node_intent(&lab_moved(), NODE).unwrap();
+
+    let (c, heard) = scripted_client(
+        &b,
+        vec![heartbeat_update(1, 6), heartbeat_update(2, 6)],
+        Some(held_v5.clone()),
+    )
+    .await;
+    eventually("heartbeats received", || {
+        let s = c.status.borrow();
+        s.connected && s.operator_version == 6
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(heard.borrow().is_none(), "out of step: no lease renewal");
+    let _ = c.shutdown.send(true);
+
+    let (c, heard) = scripted_client(&b, vec![heartbeat_update(1, 5)], Some(held_v5.clone())).await;
+    eventually("a confirming heartbeat counts", || heard.borrow().is_some()).await;
+    let _ = c.shutdown.send(true);
+
+    let (c, heard) = scripted_client(
+        &b,
+        vec![heartbeat_update(1, 6), snapshot_update(6, &moved)],
+        Some(held_v5),
+    )
+    .await;
+    eventually("the snapshot counts", || heard.borrow().is_some()).await;
+    assert_eq!(
+        held_version(&c),
+        Some(6),
+        "the intent was held before the word was published"
+    );
+    let _ = c.shutdown.send(true);
 }

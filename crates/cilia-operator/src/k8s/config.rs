@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use cilia_api::config::ipmasq::IpMasqAgentConfig;
 use cilia_api::config::{self as api, CiliumConfig, Masquerading};
 use cilia_model::lbipam::{DefaultLbServiceIpam, LbIpamConfig};
+use cilia_model::policy::{EnforcementMode, PolicyEnv};
 use cilia_model::service::{Acceleration, DatapathConfig, LbAlgorithm, LbMode, NoBackendResponse};
 use cilia_model::{RoutingConfig, RoutingMode};
 use ipnet::IpNet;
@@ -29,6 +30,9 @@ pub struct OperatorConfig {
     pub lb_ipam: LbIpamConfig,
     pub routing: RoutingConfig,
     pub datapath: DatapathConfig,
+    /// `enable-policy`, `policy-audit-mode`, `enable-host-firewall` (the API server's addresses
+    /// come from its EndpointSlice, not from here: left empty).
+    pub policy: PolicyEnv,
 }
 
 impl Default for OperatorConfig {
@@ -139,11 +143,22 @@ pub fn build(
         policy_audit_mode: c.policy_audit_mode,
         devices: c.devices.clone(),
     };
+    let policy = PolicyEnv {
+        mode: match c.policy_enforcement {
+            api::PolicyEnforcement::Default => EnforcementMode::Default,
+            api::PolicyEnforcement::Always => EnforcementMode::Always,
+            api::PolicyEnforcement::Never => EnforcementMode::Never,
+        },
+        audit: c.policy_audit_mode,
+        apiserver_ips: Vec::new(),
+        host_firewall: c.enable_host_firewall,
+    };
     OperatorConfig {
         lb_ipam_enabled: c.enable_lb_ipam,
         lb_ipam,
         routing,
         datapath,
+        policy,
     }
 }
 

@@ -663,3 +663,148 @@ pub fn lb_pool(pool: &CiliumLoadBalancerIPPool) -> (lbipam::Pool, Vec<Skipped>) 
     }
     (model, notes.skipped)
 }
+
+// ---- policy inputs ----------------------------------------------------------------------------
+
+/// A Pod as policy sees it: only pods that hold an address of their own on a node — a
+/// `status.podIP` (or the first IPv4 of `status.podIPs`), a `spec.nodeName`, not `hostNetwork`
+/// (those share the node's address and identity) and not finished (a Succeeded or Failed pod's
+/// address may already belong to another pod). `namespace_labels`: the labels of its Namespace
+/// (empty while that is not known yet). A pod without these is simply not an endpoint yet and
+/// gives no note; an address that does not parse is named.
+pub fn policy_pod(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    namespace_labels: &std::collections::BTreeMap<String, String>,
+) -> (Option<cilia_model::policy::PolicyPod>, Vec<Skipped>) {
+    let object = describe("Pod", &pod.metadata);
+    let mut notes = Notes {
+        object: &object,
+        skipped: Vec::new(),
+    };
+    let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
+        return (None, notes.skipped);
+    }
+    let Some(node) = spec
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty())
+    else {
+        return (None, notes.skipped);
+    };
+    let Some(status) = pod.status.as_ref() else {
+        return (None, notes.skipped);
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return (None, notes.skipped);
+    }
+    // Candidates in the API's order: podIP first, then podIPs (dual stack lists IPv6 there too).
+    let mut candidates: Vec<(String, &str)> = Vec::new();
+    if let Some(ip) = status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
+        candidates.push(("status.podIP".into(), ip));
+    }
+    for (i, p) in status.pod_ips.iter().flatten().enumerate() {
+        candidates.push((format!("status.podIPs[{i}].ip"), p.ip.as_str()));
+    }
+    let mut ip = None;
+    for (field, value) in candidates {
+        match value.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => {
+                ip = Some(v4);
+                break;
+            }
+            Ok(IpAddr::V6(_)) => {} // IPv6 is not enforced (the datapath is IPv4)
+            Err(_) => notes.skip(field, value, "is not an IP address; left out"),
+        }
+    }
+    let Some(ip) = ip else {
+        return (None, notes.skipped);
+    };
+    let info = cilia_model::policy::PolicyPod {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        ip,
+        node,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        namespace_labels: namespace_labels.clone(),
+    };
+    (Some(info), notes.skipped)
+}
+
+/// A `CiliumClusterwideNetworkPolicy` as received (untyped) → its rules, all or nothing: a policy
+/// that cannot be read or enforced whole is absent (its `Valid=False` condition, written by the
+/// policy status controller, names every problem; the note here names them for the log too).
+pub fn ccnp_rules(
+    value: serde_json::Value,
+) -> Result<Vec<cilia_model::policy::PolicyRule>, Skipped> {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let object = format!("CiliumClusterwideNetworkPolicy {name}");
+    let p: cilia_api::policy::CiliumClusterwideNetworkPolicy = serde_json::from_value(value)
+        .map_err(|e| Skipped {
+            object: object.clone(),
+            field: "spec".into(),
+            value: String::new(),
+            reason: format!("cannot be read ({e}); the policy is not enforced"),
+        })?;
+    crate::policy::compile(&p).map_err(|invalid| Skipped {
+        object,
+        field: "spec".into(),
+        value: String::new(),
+        reason: format!("{invalid}; the policy is not enforced"),
+    })
+}
+
+/// A `CiliumL2AnnouncementPolicy` as received (untyped) → the parts of it that work (see
+/// [`crate::l2::compile`]); `Ok(None)` when nothing of it selects anything. Broken parts get
+/// their conditions from the policy status controller and are named here for the log.
+pub fn l2_policy(value: serde_json::Value) -> (Option<cilia_model::l2::L2Policy>, Vec<Skipped>) {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let object = format!("CiliumL2AnnouncementPolicy {name}");
+    match serde_json::from_value::<cilia_api::l2::CiliumL2AnnouncementPolicy>(value) {
+        Ok(p) => {
+            let c = crate::l2::compile(&p);
+            let skipped = c
+                .errors
+                .iter()
+                .map(|e| Skipped {
+                    object: object.clone(),
+                    field: "spec".into(),
+                    value: String::new(),
+                    reason: format!("{e}; that part is left out"),
+                })
+                .collect();
+            (c.policy, skipped)
+        }
+        Err(e) => (
+            None,
+            vec![Skipped {
+                object,
+                field: "spec".into(),
+                value: String::new(),
+                reason: format!("cannot be read ({e}); the policy is not applied"),
+            }],
+        ),
+    }
+}
+
+/// The Kubernetes API server's addresses: the IPv4 endpoints of the `default/kubernetes`
+/// Service's slices (the `kube-apiserver` policy entity).
+pub fn apiserver_ips(slices: &[&EndpointSliceInfo]) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = slices
+        .iter()
+        .filter(|s| s.namespace == "default" && s.service == "kubernetes")
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.ready)
+        .flat_map(|e| e.addresses.iter().copied())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

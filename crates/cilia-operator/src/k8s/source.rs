@@ -1,5 +1,6 @@
-//! The Kubernetes source: watchers for Nodes, Services, EndpointSlices, `CiliumLoadBalancerIPPool`s
-//! and the operator's ConfigMaps feed one task that owns the objects, the LB-IPAM index and the
+//! The Kubernetes source: watchers for Nodes, Services, EndpointSlices, `CiliumLoadBalancerIPPool`s,
+//! the operator's ConfigMaps and, for policy and L2 announcements, Pods, Namespaces,
+//! `CiliumClusterwideNetworkPolicy`s and `CiliumL2AnnouncementPolicy`s feed one task that owns the objects, the LB-IPAM index and the
 //! cluster state. Events are drained in batches, so a burst (10,000 Services at startup) becomes
 //! one LB-IPAM reset and one cluster-state publication, not 10,000.
 //!
@@ -16,11 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cilia_api::config::ipmasq::IpMasqAgentConfig;
+use cilia_model::l2::L2Policy;
 use cilia_model::lbipam::{self, Changes, LbIpam, ServiceKey, ServiceLbStatus};
+use cilia_model::policy::{PolicyEnv, PolicyPod, PolicyRule};
 use cilia_model::service::{EndpointSliceInfo, ServiceInfo};
 use cilia_model::{ClusterState, NodeInfo};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -63,13 +66,78 @@ pub fn pool_resource() -> ApiResource {
     )
 }
 
+/// How long the first publication waits for the policy kinds (CRDs) to be listed. Publishing
+/// without them would briefly lift every policy after an operator restart. A CRD that is not
+/// installed answers 404 and counts as listed with no objects at once; this bounds the wait when
+/// listing fails otherwise (RBAC, a broken API server), so routes and Services never wait long.
+pub const CRD_SYNC_GRACE: Duration = Duration::from_secs(5);
+
 /// One watch event of one kind (boxed: the kinds differ much in size).
 enum Event {
     Node(Box<watcher::Event<Node>>),
+    Pod(Box<watcher::Event<Pod>>),
+    Namespace(Box<watcher::Event<Namespace>>),
+    Ccnp(Box<watcher::Event<DynamicObject>>),
+    L2Policy(Box<watcher::Event<DynamicObject>>),
     Service(Box<watcher::Event<Service>>),
     Slice(Box<watcher::Event<EndpointSlice>>),
     Pool(Box<watcher::Event<DynamicObject>>),
     ConfigMap(Box<watcher::Event<ConfigMap>>),
+    /// The API server does not serve this kind (its CRD is not installed): no objects of it.
+    Missing(CrdKind),
+}
+
+/// The CRD kinds whose absence means "no objects".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrdKind {
+    Ccnp,
+    L2Policy,
+}
+
+/// Whether a watch error says the resource does not exist on the API server.
+fn is_missing(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
+}
+
+/// Like [`forward`], for a CRD kind: a 404 becomes [`Event::Missing`].
+fn forward_crd<S>(
+    what: &'static str,
+    kind: CrdKind,
+    stream: S,
+    tx: mpsc::UnboundedSender<Event>,
+    wrap: fn(watcher::Event<DynamicObject>) -> Event,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            let ev = match ev {
+                Ok(ev) => wrap(ev),
+                Err(e) if is_missing(&e) => {
+                    debug!(
+                        kind = what,
+                        "not served (CRD not installed): no objects of it"
+                    );
+                    Event::Missing(kind)
+                }
+                Err(e) => {
+                    warn!(kind = what, error = %e, "watch failed; retrying");
+                    continue;
+                }
+            };
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 fn forward<K, S>(
@@ -201,10 +269,22 @@ struct State {
     slices: Objects<EndpointSlice>,
     pools: Objects<DynamicObject>,
     config_maps: Objects<ConfigMap>,
+    pods: Objects<Pod>,
+    namespaces: Objects<Namespace>,
+    ccnps: Objects<DynamicObject>,
+    l2_objects: Objects<DynamicObject>,
+    /// When the source started (for [`CRD_SYNC_GRACE`]).
+    started: Instant,
     /// Converted forms, kept so publishing is a copy.
     node_infos: BTreeMap<String, NodeInfo>,
     service_infos: BTreeMap<String, ServiceInfo>,
     slice_infos: BTreeMap<String, EndpointSliceInfo>,
+    /// Pods that are policy endpoints, by `namespace/name`.
+    pod_infos: BTreeMap<String, PolicyPod>,
+    /// Rules of every CCNP that converts whole, by name (a failing one is absent).
+    policy_rules: BTreeMap<String, Vec<PolicyRule>>,
+    /// The working parts of every L2 policy, by name.
+    l2_infos: BTreeMap<String, L2Policy>,
     /// Last parsed pool per name (a pool that stops parsing keeps its last good form).
     parsed_pools: BTreeMap<String, lbipam::Pool>,
     config: OperatorConfig,
@@ -237,8 +317,126 @@ impl State {
         self.pools.synced && self.services.synced && self.config_maps.synced
     }
 
+    /// The built-in kinds are listed (they always exist).
+    fn builtins_ready(&self) -> bool {
+        self.nodes.synced
+            && self.services.synced
+            && self.slices.synced
+            && self.config_maps.synced
+            && self.pods.synced
+            && self.namespaces.synced
+    }
+
+    /// The policy CRDs are listed, or waiting for them is over.
+    fn crds_ready(&self) -> bool {
+        (self.ccnps.synced && self.l2_objects.synced) || self.started.elapsed() >= CRD_SYNC_GRACE
+    }
+
     fn cluster_ready(&self) -> bool {
-        self.nodes.synced && self.services.synced && self.slices.synced && self.config_maps.synced
+        self.builtins_ready() && self.crds_ready()
+    }
+
+    /// Re-reads pod `key` (with its namespace's labels).
+    fn convert_pod(&mut self, key: &str) {
+        let Some(pod) = self.pods.items.get(key) else {
+            self.pod_infos.remove(key);
+            self.noted.remove(&format!("pod {key}"));
+            return;
+        };
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let ns_labels = self
+            .namespaces
+            .items
+            .get(&ns)
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        let (info, skipped) = convert::policy_pod(pod, &ns_labels);
+        self.note(format!("pod {key}"), skipped);
+        match info {
+            Some(i) => self.pod_infos.insert(key.to_string(), i),
+            None => self.pod_infos.remove(key),
+        };
+    }
+
+    /// Re-reads every pod of namespace `ns` (its labels changed).
+    fn convert_namespace_pods(&mut self, ns: &str) {
+        let prefix = format!("{ns}/");
+        let keys: Vec<String> = self
+            .pods
+            .items
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for k in keys {
+            self.convert_pod(&k);
+        }
+    }
+
+    fn convert_all_pods(&mut self) {
+        self.pod_infos.clear();
+        for k in self.pods.items.keys().cloned().collect::<Vec<_>>() {
+            self.convert_pod(&k);
+        }
+    }
+
+    /// Re-reads CCNP `name`: its rules, or nothing when it does not convert whole.
+    fn convert_ccnp(&mut self, name: &str) {
+        let note_key = format!("ccnp {name}");
+        let Some(obj) = self.ccnps.items.get(name) else {
+            self.policy_rules.remove(name);
+            self.noted.remove(&note_key);
+            return;
+        };
+        let value = match serde_json::to_value(obj) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(policy = name, error = %e, "cannot re-encode the policy; not enforced");
+                self.policy_rules.remove(name);
+                return;
+            }
+        };
+        match convert::ccnp_rules(value) {
+            Ok(rules) => {
+                self.note(note_key, Vec::new());
+                self.policy_rules.insert(name.to_string(), rules);
+            }
+            Err(skipped) => {
+                self.note(note_key, vec![skipped]);
+                self.policy_rules.remove(name);
+            }
+        }
+    }
+
+    /// Re-reads L2 policy `name`, keeping the parts that work.
+    fn convert_l2_policy(&mut self, name: &str) {
+        let note_key = format!("l2policy {name}");
+        let Some(obj) = self.l2_objects.items.get(name) else {
+            self.l2_infos.remove(name);
+            self.noted.remove(&note_key);
+            return;
+        };
+        let (policy, skipped) = match serde_json::to_value(obj) {
+            Ok(v) => convert::l2_policy(v),
+            Err(e) => {
+                warn!(policy = name, error = %e, "cannot re-encode the L2 policy; not applied");
+                (None, Vec::new())
+            }
+        };
+        self.note(note_key, skipped);
+        match policy {
+            Some(p) => self.l2_infos.insert(name.to_string(), p),
+            None => self.l2_infos.remove(name),
+        };
+    }
+
+    /// Enforcement settings from `cilium-config`, and the API server's addresses.
+    fn policy_env(&self) -> PolicyEnv {
+        let slices: Vec<&EndpointSliceInfo> = self.slice_infos.values().collect();
+        PolicyEnv {
+            apiserver_ips: convert::apiserver_ips(&slices),
+            ..self.config.policy.clone()
+        }
     }
 
     fn convert_node(&mut self, key: &str) {
@@ -466,6 +664,85 @@ impl State {
                         self.cluster_dirty = true;
                     }
                 },
+                Event::Pod(e) => match self.pods.apply(*e) {
+                    Effect::None => {}
+                    Effect::One(k, _) => {
+                        self.convert_pod(&k);
+                        self.cluster_dirty = true;
+                    }
+                    Effect::All => {
+                        self.convert_all_pods();
+                        self.cluster_dirty = true;
+                    }
+                },
+                Event::Namespace(e) => match self.namespaces.apply(*e) {
+                    Effect::None => {}
+                    Effect::One(k, _) => {
+                        self.convert_namespace_pods(&k);
+                        self.cluster_dirty = true;
+                    }
+                    Effect::All => {
+                        self.convert_all_pods();
+                        self.cluster_dirty = true;
+                    }
+                },
+                Event::Ccnp(e) => match self.ccnps.apply(*e) {
+                    Effect::None => {}
+                    Effect::One(k, _) => {
+                        self.convert_ccnp(&k);
+                        self.cluster_dirty = true;
+                    }
+                    Effect::All => {
+                        let names: BTreeSet<String> = self
+                            .ccnps
+                            .items
+                            .keys()
+                            .chain(self.policy_rules.keys())
+                            .cloned()
+                            .collect();
+                        for n in names {
+                            self.convert_ccnp(&n);
+                        }
+                        self.cluster_dirty = true;
+                    }
+                },
+                Event::L2Policy(e) => match self.l2_objects.apply(*e) {
+                    Effect::None => {}
+                    Effect::One(k, _) => {
+                        self.convert_l2_policy(&k);
+                        self.cluster_dirty = true;
+                    }
+                    Effect::All => {
+                        let names: BTreeSet<String> = self
+                            .l2_objects
+                            .items
+                            .keys()
+                            .chain(self.l2_infos.keys())
+                            .cloned()
+                            .collect();
+                        for n in names {
+                            self.convert_l2_policy(&n);
+                        }
+                        self.cluster_dirty = true;
+                    }
+                },
+                Event::Missing(kind) => {
+                    let objects = match kind {
+                        CrdKind::Ccnp => &mut self.ccnps,
+                        CrdKind::L2Policy => &mut self.l2_objects,
+                    };
+                    let had = !objects.items.is_empty() || !objects.synced;
+                    objects.items.clear();
+                    objects.relist = None;
+                    objects.synced = true;
+                    if had {
+                        match kind {
+                            CrdKind::Ccnp => self.policy_rules.clear(),
+                            CrdKind::L2Policy => self.l2_infos.clear(),
+                        }
+                        self.cluster_dirty = true;
+                    }
+                }
                 Event::Pool(e) => match self.pools.apply(*e) {
                     Effect::None => {}
                     Effect::One(k, _) => {
@@ -550,6 +827,11 @@ impl State {
             services: self.service_infos.values().cloned().collect(),
             endpoint_slices: self.slice_infos.values().cloned().collect(),
             datapath: self.config.datapath.clone(),
+            l2_policies: self.l2_infos.values().cloned().collect(),
+            policies: self.policy_rules.values().flatten().cloned().collect(),
+            pods: self.pod_infos.values().cloned().collect(),
+            policy_env: self.policy_env(),
+            // The lead's: filled by the intent server from its agents and the L2 Leases.
             ..Default::default()
         }
     }
@@ -723,6 +1005,46 @@ pub async fn run(
             |e| Event::Pool(Box::new(e)),
         ),
         forward(
+            "Pod",
+            watcher(Api::<Pod>::all(client.clone()), wcfg.clone()).default_backoff(),
+            tx.clone(),
+            |e| Event::Pod(Box::new(e)),
+        ),
+        forward(
+            "Namespace",
+            watcher(Api::<Namespace>::all(client.clone()), wcfg.clone()).default_backoff(),
+            tx.clone(),
+            |e| Event::Namespace(Box::new(e)),
+        ),
+        forward_crd(
+            "CiliumClusterwideNetworkPolicy",
+            CrdKind::Ccnp,
+            watcher(
+                Api::<DynamicObject>::all_with(
+                    client.clone(),
+                    &super::policy_status::ccnp_resource(),
+                ),
+                wcfg.clone(),
+            )
+            .default_backoff(),
+            tx.clone(),
+            |e| Event::Ccnp(Box::new(e)),
+        ),
+        forward_crd(
+            "CiliumL2AnnouncementPolicy",
+            CrdKind::L2Policy,
+            watcher(
+                Api::<DynamicObject>::all_with(
+                    client.clone(),
+                    &super::policy_status::l2_policy_resource(),
+                ),
+                wcfg.clone(),
+            )
+            .default_backoff(),
+            tx.clone(),
+            |e| Event::L2Policy(Box::new(e)),
+        ),
+        forward(
             "ConfigMap",
             watcher(
                 Api::<ConfigMap>::namespaced(client.clone(), &opts.config_namespace),
@@ -742,9 +1064,17 @@ pub async fn run(
         slices: Objects::default(),
         pools: Objects::default(),
         config_maps: Objects::default(),
+        pods: Objects::default(),
+        namespaces: Objects::default(),
+        ccnps: Objects::default(),
+        l2_objects: Objects::default(),
+        started: Instant::now(),
         node_infos: BTreeMap::new(),
         service_infos: BTreeMap::new(),
         slice_infos: BTreeMap::new(),
+        pod_infos: BTreeMap::new(),
+        policy_rules: BTreeMap::new(),
+        l2_infos: BTreeMap::new(),
         parsed_pools: BTreeMap::new(),
         config: OperatorConfig::default(),
         ipam: None,
@@ -760,6 +1090,10 @@ pub async fn run(
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         let publish_at = match (st.cluster_dirty && st.cluster_ready(), last_publish) {
+            // Waiting only for the policy CRDs: wake when the grace is over.
+            (false, _) if st.cluster_dirty && st.builtins_ready() => {
+                tokio::time::Instant::from_std(st.started + CRD_SYNC_GRACE)
+            }
             (false, _) => far(),
             (true, None) => tokio::time::Instant::now(),
             (true, Some(t)) => tokio::time::Instant::from_std(t + st.opts.publish_interval),
@@ -844,5 +1178,32 @@ pub async fn run(
     }
     for t in tasks {
         t.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        })
+    }
+
+    // A CRD that is not installed (404 on list or watch) means no objects of it; anything else is
+    // an error to retry, not an answer.
+    #[test]
+    fn only_not_found_means_no_objects() {
+        assert!(is_missing(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(404))
+        )));
+        assert!(is_missing(&watcher::Error::WatchError(status(404))));
+        assert!(!is_missing(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(403))
+        )));
+        assert!(!is_missing(&watcher::Error::WatchError(status(410))));
+        assert!(!is_missing(&watcher::Error::NoResourceVersion));
     }
 }

@@ -479,3 +479,194 @@ fn status_patches() {
         "2025-05-05T05:05:05Z"
     );
 }
+
+// ---- policy inputs ----------------------------------------------------------------------------
+
+fn pod(v: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(v).expect("pod JSON")
+}
+
+// A scheduled pod with an address is an endpoint, with its labels and its namespace's labels.
+#[test]
+fn pod_with_address_is_a_policy_endpoint() {
+    let ns_labels = data(&[("team", "rebels")]);
+    let (info, skipped) = convert::policy_pod(
+        &pod(json!({
+            "metadata": {"name": "xwing", "namespace": "default", "labels": {"org": "alliance"}},
+            "spec": {"nodeName": "worker", "containers": []},
+            "status": {"phase": "Running", "podIP": "10.244.1.7",
+                       "podIPs": [{"ip": "10.244.1.7"}, {"ip": "fd00::7"}]}
+        })),
+        &ns_labels,
+    );
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let p = info.unwrap();
+    assert_eq!(
+        (p.namespace.as_str(), p.name.as_str(), p.node.as_str()),
+        ("default", "xwing", "worker")
+    );
+    assert_eq!(p.ip, Ipv4Addr::new(10, 244, 1, 7));
+    assert_eq!(p.labels["org"], "alliance");
+    assert_eq!(p.namespace_labels["team"], "rebels");
+}
+
+// Not endpoints: host-network pods, unscheduled or address-less pods, finished pods. A garbage
+// address is named (field and value); the next IPv4 of podIPs is taken instead.
+#[test]
+fn pods_that_are_not_endpoints_and_garbage_addresses() {
+    let none = BTreeMap::new();
+    for (what, v) in [
+        (
+            "hostNetwork",
+            json!({"metadata": {"name": "a", "namespace": "kube-system"},
+               "spec": {"nodeName": "worker", "hostNetwork": true, "containers": []},
+               "status": {"podIP": "172.18.0.3"}}),
+        ),
+        (
+            "unscheduled",
+            json!({"metadata": {"name": "b", "namespace": "default"},
+               "spec": {"containers": []}, "status": {"phase": "Pending"}}),
+        ),
+        (
+            "no address yet",
+            json!({"metadata": {"name": "c", "namespace": "default"},
+               "spec": {"nodeName": "worker", "containers": []}, "status": {"phase": "Pending"}}),
+        ),
+        (
+            "finished",
+            json!({"metadata": {"name": "d", "namespace": "default"},
+               "spec": {"nodeName": "worker", "containers": []},
+               "status": {"phase": "Succeeded", "podIP": "10.244.1.9"}}),
+        ),
+        (
+            "IPv6 only",
+            json!({"metadata": {"name": "e", "namespace": "default"},
+               "spec": {"nodeName": "worker", "containers": []},
+               "status": {"podIP": "fd00::9"}}),
+        ),
+    ] {
+        let (info, skipped) = convert::policy_pod(&pod(v), &none);
+        assert!(info.is_none(), "{what}: {info:?}");
+        assert!(skipped.is_empty(), "{what}: {skipped:?}");
+    }
+    let (info, skipped) = convert::policy_pod(
+        &pod(json!({"metadata": {"name": "f", "namespace": "default"},
+           "spec": {"nodeName": "worker", "containers": []},
+           "status": {"podIP": "10.244.1.300", "podIPs": [{"ip": "10.244.1.300"}, {"ip": "10.244.1.30"}]}})),
+        &none,
+    );
+    assert_eq!(info.unwrap().ip, Ipv4Addr::new(10, 244, 1, 30));
+    assert_eq!(
+        fields(&skipped),
+        vec!["status.podIP", "status.podIPs[0].ip"]
+    );
+    assert_eq!(skipped[0].value, "10.244.1.300");
+    assert_eq!(skipped[0].object, "Pod default/f");
+}
+
+fn seed(name: &str) -> serde_json::Value {
+    serde_yaml::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/../../../shared/fixtures/seed/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+// The seed host policy converts whole; an L7 policy is absent whole, the note naming the field.
+#[test]
+fn ccnp_converts_all_or_nothing() {
+    let rules = convert::ccnp_rules(seed("ccnp-control-plane.yaml")).unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].policy, "allow-control-plane-connectivity");
+    assert!(matches!(
+        rules[0].subject,
+        cilia_model::policy::Subject::Nodes(_)
+    ));
+    let l7 = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+        "metadata": {"name": "l7"},
+        "spec": {"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}],
+            "rules": {"http": [{"method": "GET"}]}}]}]}});
+    let e = convert::ccnp_rules(l7).unwrap_err();
+    assert_eq!(e.object, "CiliumClusterwideNetworkPolicy l7");
+    assert!(e.reason.contains("spec.ingress[0].toPorts[0].rules"), "{e}");
+    let garbage = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+        "metadata": {"name": "g"}, "spec": {"ingress": "not a list"}});
+    let e = convert::ccnp_rules(garbage).unwrap_err();
+    assert!(e.reason.contains("cannot be read"), "{e}");
+}
+
+// An L2 policy keeps its working parts; a broken regex is named and left out.
+#[test]
+fn l2_policy_keeps_working_parts() {
+    let (p, skipped) = convert::l2_policy(seed("l2-policy.yaml"));
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert!(p.is_some());
+    let bad = json!({"apiVersion": "cilium.io/v2alpha1", "kind": "CiliumL2AnnouncementPolicy",
+        "metadata": {"name": "bad"},
+        "spec": {"interfaces": ["eth[", "^eth[0-9]+"], "loadBalancerIPs": true}});
+    let (p, skipped) = convert::l2_policy(bad);
+    assert!(p.is_some(), "the good regex still works");
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0].reason.contains("spec.interfaces[0]"),
+        "{:?}",
+        skipped[0]
+    );
+    assert!(skipped[0].reason.contains("eth["), "{:?}", skipped[0]);
+}
+
+// The API server's addresses are the ready endpoints of default/kubernetes' slices, only those.
+#[test]
+fn apiserver_ips_from_the_kubernetes_slices() {
+    let slice = |ns: &str, svc: &str, addrs: &[&str]| {
+        let (info, _) = convert::endpoint_slice_info(
+            &serde_json::from_value::<EndpointSlice>(json!({
+                "metadata": {"name": svc, "namespace": ns,
+                             "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4",
+                "endpoints": addrs.iter().map(|a| json!({"addresses": [a]})).collect::<Vec<_>>(),
+                "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]
+            }))
+            .unwrap(),
+        );
+        info.unwrap()
+    };
+    let k = slice("default", "kubernetes", &["172.18.0.2", "172.18.0.100"]);
+    let other = slice("default", "deathstar", &["10.244.1.5"]);
+    let elsewhere = slice("kube-system", "kubernetes", &["10.0.0.1"]);
+    assert_eq!(
+        convert::apiserver_ips(&[&k, &other, &elsewhere]),
+        vec![Ipv4Addr::new(172, 18, 0, 2), Ipv4Addr::new(172, 18, 0, 100)]
+    );
+}
+
+// enable-policy, policy-audit-mode and enable-host-firewall reach the policy settings; a bad
+// mode is refused naming the key and value (the last good configuration is kept by the caller).
+#[test]
+fn policy_settings_from_cilium_config() {
+    use cilia_model::policy::EnforcementMode;
+    let d = OperatorConfig::default().policy;
+    assert_eq!(d.mode, EnforcementMode::Default);
+    assert!(!d.audit && !d.host_firewall);
+    let raw = data(&[
+        ("enable-policy", "always"),
+        ("policy-audit-mode", "true"),
+        ("enable-host-firewall", "true"),
+    ]);
+    let parsed = config::parse_cilium_config(&raw).unwrap().config;
+    let c = config::build(
+        &parsed,
+        &raw,
+        &cilia_api::config::ipmasq::IpMasqAgentConfig::default(),
+    );
+    assert_eq!(c.policy.mode, EnforcementMode::Always);
+    assert!(c.policy.audit && c.policy.host_firewall);
+    let e = config::parse_cilium_config(&data(&[("enable-policy", "sometimes")])).unwrap_err();
+    assert!(
+        e.contains("enable-policy") && e.contains("sometimes"),
+        "{e}"
+    );
+}
