@@ -70,7 +70,10 @@ impl L2World {
             lab.kubectl(&["apply", "-f", &seed(f)])
                 .with_context(|| format!("seed {f}"))?;
         }
-        lab.kubectl_with_input(&["apply", "-f", "-"], &crate::lab::endpoint_slice(SVC, &backends, 80))?;
+        lab.kubectl_with_input(
+            &["apply", "-f", "-"],
+            &crate::lab::endpoint_slice(SVC, &backends, 80),
+        )?;
         let mut svc = Value::Null;
         wait_until(STEP, || {
             svc = lab

@@ -1,13 +1,15 @@
 //! cilia-lab: brings up the Cilia lab and walks a newcomer through it (`make demo`), or cleans up
 //! after killed runs (`make lab-clean`).
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::Context;
-use cilia_e2e::lab::{Lab, clean_stale, default_nodes, spawn_in_netns};
+use cilia_e2e::l2lab::{RequestLoop, arping, interruption};
+use cilia_e2e::lab::{Lab, clean_stale, default_nodes, spawn_in_netns, wait_until};
 use cilia_e2e::traffic::{EchoServer, tcp_echo};
 use clap::{Parser, Subcommand};
 
@@ -103,6 +105,292 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The node whose eth0 answers ARP for `vip` (waits until exactly one MAC does).
+fn announcer(
+    lab: &Lab,
+    vip: Ipv4Addr,
+    macs: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<String> {
+    // Settled: the same single MAC over a second (agents that just reconnected may still move it).
+    let mut seen = Vec::new();
+    let mut since: Option<(String, Instant)> = None;
+    wait_until(Duration::from_secs(30), || {
+        seen = arping(lab, vip, 2);
+        match (seen.as_slice(), &since) {
+            ([m], Some((last, t))) if m == last => t.elapsed() >= Duration::from_secs(1),
+            ([m], _) => {
+                since = Some((m.clone(), Instant::now()));
+                false
+            }
+            _ => {
+                since = None;
+                false
+            }
+        }
+    })
+    .map_err(|_| anyhow::anyhow!("{vip} is not answered by exactly one MAC: {seen:?}"))?;
+    macs.get(&seen[0])
+        .cloned()
+        .with_context(|| format!("{} is no node's MAC", seen[0]))
+}
+
+fn announce_step(
+    lab: &Lab,
+    vip: Ipv4Addr,
+    macs: &std::collections::BTreeMap<String, String>,
+    kubectl: &Path,
+    kc: &str,
+) -> anyhow::Result<String> {
+    step(8, "The LoadBalancer VIP answers from outside");
+    println!(
+        "   The seed values turn on kube-proxy replacement and L2 announcements; the seed policy lets"
+    );
+    println!(
+        "   the workers announce on ^eth[0-9]+. The operator picks one worker per Service among those"
+    );
+    println!(
+        "   whose agent is live, and records it in Cilium's Lease. The client asks who has the VIP:"
+    );
+    let holder = announcer(lab, vip, macs)?;
+    println!("     $ arping {vip}");
+    println!("       answered by one MAC only, {holder}'s eth0");
+    println!("     $ kubectl get lease -n kube-system cilium-l2announce-default-deathstar-lb");
+    indent(&as_user(
+        lab,
+        kubectl,
+        &[
+            "--kubeconfig",
+            kc,
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "cilium-l2announce-default-deathstar-lb",
+            "-o",
+            "custom-columns=NAME:.metadata.name,HOLDER:.spec.holderIdentity",
+        ],
+    )?);
+    let dst = SocketAddr::V4(SocketAddrV4::new(vip, 80));
+    for i in 0..4 {
+        let e = tcp_echo(&lab.client.path(), dst, format!("request {i}").as_bytes())?;
+        println!(
+            "     client -> {dst}: served; the deathstar pod saw the request come from {}",
+            e.seen_as.ip()
+        );
+    }
+    println!(
+        "   The VIP's packets meet the XDP program on {holder}'s eth0 (acceleration: native): a backend on"
+    );
+    println!(
+        "   {holder} sees the client itself, one on the other worker sees {holder} (SNAT). The ARP answers come"
+    );
+    println!("   from an eBPF program too, with live counters:");
+    println!("     $ cilia-dbg bpf l2 list    (on {holder})");
+    indent(&lab.dbg(&holder, &["bpf", "l2", "list"])?);
+    Ok(holder)
+}
+
+fn failover_step(
+    lab: &mut Lab,
+    vip: Ipv4Addr,
+    macs: &std::collections::BTreeMap<String, String>,
+    holder: &str,
+) -> anyhow::Result<()> {
+    step(
+        9,
+        "The announcing node fails: another takes over in well under a second",
+    );
+    println!(
+        "   A client loop opens a new connection to the VIP every 20 ms. Then {holder}'s agent is killed"
+    );
+    println!("   (kill -9):");
+    let requests = RequestLoop::start_to(
+        lab,
+        vip,
+        Duration::from_millis(20),
+        Duration::from_millis(300),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let at = Instant::now();
+    lab.stop_agent(holder, libc::SIGKILL)?;
+    let other = announcer_other(lab, vip, macs, holder)?;
+    let moved = at.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let results = requests.stop();
+    let failed = results.iter().filter(|(t, ok)| *t >= at && !ok).count();
+    let gap = interruption(&results, at)?;
+    println!(
+        "     {other} answers ARP for {vip} {} ms after the kill (it waits out {holder}'s 400 ms lease, so",
+        moved.as_millis()
+    );
+    println!("     the two never answer at once) and announces itself with a gratuitous ARP:");
+    println!("     $ ip neigh show {vip}    (on the client)");
+    indent(
+        &lab.client
+            .exec(&["ip", "neigh", "show", &vip.to_string()])?,
+    );
+    println!(
+        "     The client's loop: {} requests, {failed} failed, longest gap between two answers {} ms.",
+        results.len(),
+        gap.as_millis()
+    );
+    println!(
+        "     (A killed agent's pinned datapath keeps forwarding what reaches it: only ARP has to move.)"
+    );
+    lab.start_agent(holder)?;
+    announcer(lab, vip, macs)?;
+    println!(
+        "   Restarted {holder}'s agent: the VIP may move back, withdrawn from {other} before {holder} answers."
+    );
+    Ok(())
+}
+
+/// Waits until the VIP is answered by a node other than `holder`.
+fn announcer_other(
+    lab: &Lab,
+    vip: Ipv4Addr,
+    macs: &std::collections::BTreeMap<String, String>,
+    holder: &str,
+) -> anyhow::Result<String> {
+    let mut seen = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        seen = arping(lab, vip, 1);
+        seen.len() == 1 && macs.get(&seen[0]).is_some_and(|n| n != holder)
+    })
+    .map_err(|_| anyhow::anyhow!("no other node took {vip} over: {seen:?}"))?;
+    Ok(macs[&seen[0]].clone())
+}
+
+/// The `Masquerading:` line of `node`'s `cilia-dbg status`.
+fn masquerading(lab: &Lab, node: &str) -> String {
+    lab.dbg(node, &["status"])
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Masquerading:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn toggle_step(lab: &Lab) -> anyhow::Result<()> {
+    step(10, "helm upgrade switches the datapath live");
+    let nodes = ["control-plane", "worker", "worker2"];
+    let pids: Vec<Option<u32>> = nodes.iter().map(|n| lab.agent_pid(n)).collect();
+    println!("     {}", masquerading(lab, "worker"));
+    for (value, want) in [("false", "IPTables"), ("true", "BPF")] {
+        println!(
+            "     $ helm upgrade cilia charts/cilia -n kube-system --reuse-values --set bpf.masquerade={value}"
+        );
+        let run = lab.helm_upgrade_set(&[("bpf.masquerade", value)])?;
+        let t = Instant::now();
+        wait_until(Duration::from_secs(10), || {
+            nodes.iter().all(|n| masquerading(lab, n).contains(want))
+        })
+        .map_err(|_| anyhow::anyhow!("masquerading did not switch to {want}"))?;
+        println!(
+            "     {}   (every node, {} ms after helm returned)",
+            masquerading(lab, "worker"),
+            t.elapsed().as_millis()
+        );
+        let _ = run;
+    }
+    let same = nodes.iter().zip(&pids).all(|(n, p)| lab.agent_pid(n) == *p);
+    println!(
+        "   The agents switched in place ({}): Cilium restarts its agents for this.",
+        if same {
+            "same processes"
+        } else {
+            "an agent was restarted"
+        }
+    );
+    println!(
+        "   Established connections keep their translation: the old mode drains what it holds."
+    );
+    Ok(())
+}
+
+/// Cilium's starwars L3/L4 rule as a clusterwide policy.
+const RULE1: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: rule1
+spec:
+  description: L3-L4 policy to restrict deathstar access to empire ships only
+  endpointSelector:
+    matchLabels: {org: empire, class: deathstar}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {org: empire}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+"#;
+
+fn policy_step(lab: &Lab) -> anyhow::Result<()> {
+    step(
+        11,
+        "A network policy lets the empire in and keeps the alliance out",
+    );
+    let target = lab.pod("deathstar-1").clone();
+    let dst = SocketAddr::V4(SocketAddrV4::new(target.ip, 80));
+    let reach = |pod: &str| tcp_echo(&lab.pod(pod).ns_path(), dst, b"landing request").is_ok();
+    println!("   Cilium's starwars rule, unchanged, as a CiliumClusterwideNetworkPolicy:");
+    for l in RULE1.lines().skip(5) {
+        println!("       {l}");
+    }
+    println!("     $ kubectl apply -f rule1.yaml");
+    indent(&lab.kubectl_with_input(&["apply", "-f", "-"], RULE1)?);
+    let t = Instant::now();
+    wait_until(Duration::from_secs(30), || {
+        lab.dbg(&target.node, &["bpf", "policy", "list"])
+            .is_ok_and(|o| o.contains("rule1"))
+    })
+    .map_err(|_| anyhow::anyhow!("rule1 never reached {}'s tables", target.node))?;
+    println!(
+        "   In the deathstar's tables {} ms after kubectl returned: the operator compiles it into the",
+        t.elapsed().as_millis()
+    );
+    println!(
+        "   intents of the nodes whose pods it selects, and that node's agent writes the tables."
+    );
+    wait_until(Duration::from_secs(30), || !reach("xwing"))
+        .map_err(|_| anyhow::anyhow!("rule1 was never enforced"))?;
+    println!(
+        "     tiefighter (org=empire)   -> deathstar-1:80  {}",
+        if reach("tiefighter") {
+            "served"
+        } else {
+            "DROPPED"
+        }
+    );
+    // The monitor runs on the deathstar's node while the xwing tries once more.
+    let xwing = lab.pod("xwing").ns_path();
+    let attempt = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        tcp_echo(&xwing, dst, b"attack run").is_ok()
+    });
+    let events = lab.dbg(&target.node, &["monitor", "--duration", "3s"])?;
+    let got_in = attempt.join().unwrap_or(true);
+    println!(
+        "     xwing     (org=alliance) -> deathstar-1:80  {}",
+        if got_in { "served" } else { "DROPPED" }
+    );
+    println!(
+        "     $ cilia-dbg monitor    (on {}, while the xwing tried)",
+        target.node
+    );
+    indent(&events);
+    println!("     $ cilia-dbg bpf policy list    (on {})", target.node);
+    indent(&lab.dbg(&target.node, &["bpf", "policy", "list"])?);
+    lab.kubectl(&["delete", "ccnp", "rule1"])?;
+    wait_until(Duration::from_secs(30), || reach("xwing"))
+        .map_err(|_| anyhow::anyhow!("deleting rule1 did not restore traffic"))?;
+    println!("     $ kubectl delete ccnp rule1");
+    println!(
+        "   The xwing gets through again: without a policy selecting it, the deathstar allows all."
+    );
+    Ok(())
 }
 
 fn demo(keep: bool) -> anyhow::Result<()> {
@@ -280,6 +568,26 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         let p = lab.add_pod(node, pod)?;
         println!("     pod {:<12} on {:<8} {}", p.name, p.node, p.ip);
     }
+    println!(
+        "   As the kubelet would, the lab reports each pod to the API server (node, address, the seed's"
+    );
+    println!(
+        "   labels), and lists the deathstar pods in deathstar-lb's EndpointSlice, as its controller would."
+    );
+    for (pod, labels) in [
+        ("deathstar-1", [("org", "empire"), ("class", "deathstar")]),
+        ("deathstar-2", [("org", "empire"), ("class", "deathstar")]),
+        ("tiefighter", [("org", "empire"), ("class", "tiefighter")]),
+        ("xwing", [("org", "alliance"), ("class", "xwing")]),
+    ] {
+        lab.register_pod(&lab.pod(pod).clone(), "default", &labels)?;
+    }
+    let slice = cilia_e2e::lab::endpoint_slice(
+        "deathstar-lb",
+        [lab.pod("deathstar-1"), lab.pod("deathstar-2")],
+        80,
+    );
+    lab.kubectl_with_input(&["apply", "-f", "-"], &slice)?;
 
     step(4, "Pods talk across nodes over native routing");
     let servers: Vec<EchoServer> = ["deathstar-1", "deathstar-2"]
@@ -355,6 +663,22 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     println!("   Killed the operator: agents keep serving what they hold (fail static).");
     lab.start_operator()?;
     println!("   Restarted it: agents resume with their intent digest and receive nothing new.");
+
+    let vip: Ipv4Addr = external.parse().context("the VIP")?;
+    let macs: std::collections::BTreeMap<String, String> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            let m =
+                n.ns.exec(&["cat", "/sys/class/net/eth0/address"])
+                    .unwrap_or_default();
+            (m.trim().to_lowercase(), n.spec.name.clone())
+        })
+        .collect();
+    let holder = announce_step(&lab, vip, &macs, &kubectl, &kc)?;
+    failover_step(&mut lab, vip, &macs, &holder)?;
+    toggle_step(&lab)?;
+    policy_step(&lab)?;
     drop(servers);
 
     if keep {
