@@ -964,7 +964,13 @@ fn read_l2(r: &mut Reader<'_>) -> L2AnnouncementConfig {
     let mut renew = r.duration(rk, millis(300));
     let mut retry = r.duration(pk, millis(100));
     if duration < MIN_LEASE {
-        clamp(r, dk, duration, MIN_LEASE, "lease duration is at least 100ms");
+        clamp(
+            r,
+            dk,
+            duration,
+            MIN_LEASE,
+            "lease duration is at least 100ms",
+        );
         duration = MIN_LEASE;
     }
     if renew < 1 {
@@ -1173,8 +1179,14 @@ mod tests {
         assert_eq!(c.masquerading(), Masquerading::Iptables);
         assert_eq!(c.load_balancer.maglev_table_size, 16381);
         // Not Cilium's: failover is bounded by the lease, and renewals cost no API writes.
-        assert_eq!(c.l2_announcements.lease_duration, Duration::from_millis(400));
-        assert_eq!(c.l2_announcements.renew_deadline, Duration::from_millis(300));
+        assert_eq!(
+            c.l2_announcements.lease_duration,
+            Duration::from_millis(400)
+        );
+        assert_eq!(
+            c.l2_announcements.renew_deadline,
+            Duration::from_millis(300)
+        );
         assert_eq!(c.l2_announcements.retry_period, Duration::from_millis(100));
         assert_eq!(c.node_port.range, (30000, 32767));
         assert_eq!(c.ipam, IpamMode::ClusterPool);
