@@ -71,60 +71,14 @@ impl Drop for NetNs {
     }
 }
 
-/// `ethtool -K <dev> tx off` (`ETHTOOL_STXCSUM`).
-const ETHTOOL_STXCSUM: u32 = 0x17;
-/// `ethtool -K <dev> gro on` (`ETHTOOL_SGRO`).
-const ETHTOOL_SGRO: u32 = 0x2c;
-
-/// Turns TX checksum offload off on `dev` in the calling thread's namespace. The lab's LAN veths
-/// stand for wires: a frame on a wire carries a full checksum, but one from the peer's local stack
-/// over a veth carries only a partial sum (CHECKSUM_PARTIAL), which has no XDP metadata — native
-/// XDP that sends it on (XDP_TX) would put that partial sum on the wire.
+/// TX checksum offload off on `dev` here (see `cilia_datapath::ethtool::tx_csum_off`).
 pub fn tx_csum_off(dev: &str) -> anyhow::Result<()> {
-    ethtool_set(dev, ETHTOOL_STXCSUM, 0).context("TX checksum offload off")
+    Ok(cilia_datapath::ethtool::tx_csum_off(dev)?)
 }
 
-/// Turns GRO on for `dev` in the calling thread's namespace. A veth delivers frames its peer sends
-/// with XDP_TX only when it runs NAPI (GRO on, or an XDP program of its own); otherwise the kernel
-/// drops them. On the lab's bridge ports this makes a node's native XDP answer out of its `eth0`
-/// as it would out of a NIC.
+/// GRO on for `dev` here (see `cilia_datapath::ethtool::gro_on`).
 pub fn gro_on(dev: &str) -> anyhow::Result<()> {
-    ethtool_set(dev, ETHTOOL_SGRO, 1).context("GRO on")
-}
-
-/// One `ethtool_value` set command through `SIOCETHTOOL`.
-fn ethtool_set(dev: &str, cmd: u32, data: u32) -> anyhow::Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    if dev.is_empty() || dev.len() >= libc::IFNAMSIZ {
-        bail!("device name {dev:?} is not a device name");
-    }
-    let mut ev = EthtoolValue { cmd, data };
-    // SAFETY: a zeroed ifreq holding a NUL-terminated name (length checked above) and a pointer to
-    // a live ethtool_value; the socket is closed on every path after it was opened.
-    let (rc, err) = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("socket for SIOCETHTOOL");
-        }
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in dev.bytes().enumerate() {
-            ifr.ifr_name[i] = b as libc::c_char;
-        }
-        ifr.ifr_ifru.ifru_data = &mut ev as *mut EthtoolValue as *mut libc::c_char;
-        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut ifr);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        (rc, err)
-    };
-    if rc != 0 {
-        return Err(err).with_context(|| format!("SIOCETHTOOL {cmd:#x} on {dev}"));
-    }
-    Ok(())
+    Ok(cilia_datapath::ethtool::gro_on(dev)?)
 }
 
 /// Moves the calling thread into the network namespace at `path`.

@@ -63,36 +63,10 @@ fn enter(ns: &str) {
     );
 }
 
-/// Turns TX checksum offload off on `dev` (this thread's namespace), as `ethtool -K dev tx off`:
-/// native XDP on a veth receives frames of the peer's local stack with only a partial checksum
-/// (CHECKSUM_PARTIAL has no XDP metadata), and a frame it sends back out (XDP_TX) arrives with
-/// that partial sum. Frames from a NIC, or from another machine, carry full checksums.
+/// Turns TX checksum offload off on `dev` (this thread's namespace), as `ethtool -K dev tx off`
+/// (see `cilia_datapath::ethtool::tx_csum_off`).
 fn tx_csum_off(dev: &str) {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    let mut ev = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    // SAFETY: a zeroed ifreq with a NUL-terminated name and a pointer to a live ethtool_value.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        assert!(fd >= 0);
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in dev.bytes().enumerate() {
-            ifr.ifr_name[i] = b as libc::c_char;
-        }
-        ifr.ifr_ifru.ifru_data = &mut ev as *mut EthtoolValue as *mut libc::c_char;
-        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut ifr);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        assert_eq!(rc, 0, "tx checksum offload off on {dev}: {err}");
-    }
+    cilia_datapath::ethtool::tx_csum_off(dev).expect("tx checksum offload off");
 }
 
 /// The three namespaces, deleted on drop (their devices with them).

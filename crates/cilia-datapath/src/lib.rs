@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod endpoints;
+pub mod ethtool;
 pub mod ipvlan;
 pub mod l2;
 pub mod lb;
