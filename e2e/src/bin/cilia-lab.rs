@@ -691,9 +691,10 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         println!("\nThe lab stays up (run {run}). To look around:");
         println!("  ip netns list | grep cilia-{run}");
         println!("  ip netns exec cilia-{run}-worker ip route");
+        println!("  ip netns exec cilia-{run}-client arping -c2 {vip}    # the VIP's announcer");
         println!(
-            "  ip netns exec cilia-{run}-pod-tiefighter ping -c1 {}",
-            lab.pod("deathstar-2").ip
+            "  ip netns exec cilia-{run}-worker target/debug/cilia-dbg --state-dir {} bpf l2 list",
+            worker_state.display()
         );
         println!(
             "  target/debug/cilia-dbg --state-dir {} status",
