@@ -72,74 +72,70 @@ fn convert_rule(policy: &str, path: &str, r: &Rule) -> Result<PolicyRule, Vec<St
         default_deny_ingress: r.enable_default_deny.as_ref().and_then(|d| d.ingress),
         default_deny_egress: r.enable_default_deny.as_ref().and_then(|d| d.egress),
     };
-    for (i, x) in r.ingress.iter().flatten().enumerate() {
-        let peers = Peers {
-            endpoints: &x.from_endpoints,
-            entities: &x.from_entities,
-            cidrs: &x.from_cidr,
-            cidr_sets: &x.from_cidr_set,
-            dir: "from",
+    // The four rule lists differ only in their types and their peers' field names (`from*` for
+    // ingress, `to*` for egress): one conversion for all.
+    macro_rules! convert {
+        ($list:expr, $into:expr, $name:literal, $dir:literal,
+         $eps:ident, $ents:ident, $cidrs:ident, $sets:ident) => {
+            for (i, x) in $list.iter().flatten().enumerate() {
+                let peers = Peers {
+                    endpoints: &x.$eps,
+                    entities: &x.$ents,
+                    cidrs: &x.$cidrs,
+                    cidr_sets: &x.$sets,
+                    dir: $dir,
+                };
+                let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
+                $into.push(peer_rule(
+                    &format!("{path}.{}[{i}]", $name),
+                    x.icmps.is_some(),
+                    ports,
+                    peers,
+                    &mut problems,
+                ));
+            }
         };
-        let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
-        out.ingress.push(peer_rule(
-            &format!("{path}.ingress[{i}]"),
-            x.icmps.is_some(),
-            ports,
-            peers,
-            &mut problems,
-        ));
     }
-    for (i, x) in r.ingress_deny.iter().flatten().enumerate() {
-        let peers = Peers {
-            endpoints: &x.from_endpoints,
-            entities: &x.from_entities,
-            cidrs: &x.from_cidr,
-            cidr_sets: &x.from_cidr_set,
-            dir: "from",
-        };
-        let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
-        out.ingress_deny.push(peer_rule(
-            &format!("{path}.ingressDeny[{i}]"),
-            x.icmps.is_some(),
-            ports,
-            peers,
-            &mut problems,
-        ));
-    }
-    for (i, x) in r.egress.iter().flatten().enumerate() {
-        let peers = Peers {
-            endpoints: &x.to_endpoints,
-            entities: &x.to_entities,
-            cidrs: &x.to_cidr,
-            cidr_sets: &x.to_cidr_set,
-            dir: "to",
-        };
-        let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
-        out.egress.push(peer_rule(
-            &format!("{path}.egress[{i}]"),
-            x.icmps.is_some(),
-            ports,
-            peers,
-            &mut problems,
-        ));
-    }
-    for (i, x) in r.egress_deny.iter().flatten().enumerate() {
-        let peers = Peers {
-            endpoints: &x.to_endpoints,
-            entities: &x.to_entities,
-            cidrs: &x.to_cidr,
-            cidr_sets: &x.to_cidr_set,
-            dir: "to",
-        };
-        let ports = x.to_ports.iter().flatten().map(|t| &t.ports);
-        out.egress_deny.push(peer_rule(
-            &format!("{path}.egressDeny[{i}]"),
-            x.icmps.is_some(),
-            ports,
-            peers,
-            &mut problems,
-        ));
-    }
+    convert!(
+        r.ingress,
+        out.ingress,
+        "ingress",
+        "from",
+        from_endpoints,
+        from_entities,
+        from_cidr,
+        from_cidr_set
+    );
+    convert!(
+        r.ingress_deny,
+        out.ingress_deny,
+        "ingressDeny",
+        "from",
+        from_endpoints,
+        from_entities,
+        from_cidr,
+        from_cidr_set
+    );
+    convert!(
+        r.egress,
+        out.egress,
+        "egress",
+        "to",
+        to_endpoints,
+        to_entities,
+        to_cidr,
+        to_cidr_set
+    );
+    convert!(
+        r.egress_deny,
+        out.egress_deny,
+        "egressDeny",
+        "to",
+        to_endpoints,
+        to_entities,
+        to_cidr,
+        to_cidr_set
+    );
     if problems.is_empty() {
         Ok(out)
     } else {
