@@ -27,15 +27,17 @@ use cilia_datapath::lb_fixtures::{
 };
 use cilia_datapath::lb_maps::LbCounter;
 use cilia_datapath::testrun::test_run;
-use cilia_e2e::bench::{Measure, Report, median};
+use cilia_e2e::bench::{Measure, Report, median, percentile};
 use cilia_e2e::netns::NetNs;
 
-const REPEAT: u32 = 200_000;
-const RUNS: usize = 5;
-/// Interleaved rounds over every case.
-const ROUNDS: usize = 9;
-/// Program runs per timed case: warm-up plus RUNS x REPEAT.
-const RUNS_PER_CASE: u64 = 10_000 + RUNS as u64 * REPEAT as u64;
+/// Program runs per sample: short enough (a few ms) that every case of a round sees the same
+/// machine (this VM's speed drifts by tens of percent over seconds), long enough to amortise the
+/// syscall.
+const REPEAT: u32 = 20_000;
+/// Rounds; each times every case once, in a fresh order, right after its own floor.
+const ROUNDS: usize = 150;
+/// Program runs per timed case: warm-up plus ROUNDS x REPEAT.
+const RUNS_PER_CASE: u64 = 10_000 + ROUNDS as u64 * REPEAT as u64;
 const SCALES: [usize; 3] = [10, 1_000, 100_000];
 const FRAME_LEN: usize = 64;
 /// Katran's RING_SIZE (balancer_consts.h).
@@ -149,32 +151,58 @@ impl Wrapper {
             .fd()?
             .try_clone()?)
     }
-
-    /// Median ns per packet of the wrapper (and its target) over RUNS runs of REPEAT, and the last
-    /// verdict.
-    fn time(&self, frame: &[u8]) -> Result<(f64, u32), Err> {
-        time_prog(self.fd("cil_bench_restore")?, frame, Some(&self.ctx))
-    }
 }
 
-fn time_prog(fd: RawFd, frame: &[u8], ctx: Option<&[u8]>) -> Result<(f64, u32), Err> {
-    test_run(fd, frame, 10_000, ctx)?;
-    let mut ns = Vec::with_capacity(RUNS);
-    let mut verdict = 0;
-    for _ in 0..RUNS {
-        let out = test_run(fd, frame, REPEAT, ctx)?;
-        ns.push(f64::from(out.duration_ns));
-        verdict = out.retval;
-    }
-    // The fastest run: other work on the shared machine only ever adds time to a run (a
-    // preemption inside one of REPEAT iterations inflates that run's average), so the minimum is
-    // the estimate least disturbed by it.
-    Ok((ns.iter().copied().fold(f64::INFINITY, f64::min), verdict))
+fn sample(fd: RawFd, frame: &[u8], ctx: Option<&[u8]>, repeat: u32) -> Result<(f64, u32), Err> {
+    let out = test_run(fd, frame, repeat, ctx)?;
+    Ok((f64::from(out.duration_ns), out.retval))
 }
 
 struct XdpResults {
     measures: Vec<Measure>,
     notes: Vec<String>,
+}
+
+/// What one sample times.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Case {
+    /// The wrapper tail-calling the empty program: subtracted from every other case.
+    Floor,
+    /// The empty program alone.
+    Bare,
+    /// Our load balancer at SCALES[.0] services on bench_frames()[.1].
+    Ours(usize, usize),
+    KatranHit,
+    KatranMiss,
+}
+
+/// Samples per case (index = round) and the floor of each round.
+struct Samples {
+    raw: BTreeMap<Case, Vec<f64>>,
+}
+
+impl Samples {
+    /// Median over rounds of the case minus its round's floor.
+    fn net(&self, c: Case) -> f64 {
+        let f = &self.raw[&Case::Floor];
+        let v: Vec<f64> = self.raw[&c].iter().zip(f).map(|(x, f)| x - f).collect();
+        median(&v)
+    }
+
+    /// Median over rounds of the quotient of two cases' net costs in the same round.
+    fn paired_ratio(&self, a: Case, b: Case) -> f64 {
+        let f = &self.raw[&Case::Floor];
+        let v: Vec<f64> = (0..f.len())
+            .map(|r| (self.raw[&a][r] - f[r]) / (self.raw[&b][r] - f[r]))
+            .collect();
+        median(&v)
+    }
+
+    fn spread(&self, c: Case) -> (f64, f64) {
+        let f = &self.raw[&Case::Floor];
+        let v: Vec<f64> = self.raw[&c].iter().zip(f).map(|(x, f)| x - f).collect();
+        (percentile(&v, 10.0), percentile(&v, 90.0))
+    }
 }
 
 fn xdp_bench(net: TestNet) -> Result<XdpResults, Err> {
@@ -199,73 +227,114 @@ fn xdp_bench(net: TestNet) -> Result<XdpResults, Err> {
             None
         }
     };
-
-    // Rounds interleave every case, each minus the floor of its own round, so drift (other work on
-    // the machine) hits all cases alike; the reported value is the median over rounds.
-    let mut floors = Vec::new();
-    let mut bares = Vec::new();
-    let mut ours: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
-    let (mut k_hit, mut k_miss) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        wrap.aim(&frames[0].1, &empty)?;
-        let (floor, _) = wrap.time(&frames[0].1)?;
-        let (bare, _) = time_prog(wrap.fd("cil_bench_empty")?, &frames[0].1, Some(&wrap.ctx))?;
-        floors.push(floor);
-        bares.push(bare);
-        for (n, _, dp) in &lbs {
-            let prog = dp.program_fd(XDP_LB_PROG).ok_or("xdp prog")?;
-            for (name, frame) in &frames {
-                let counter = match *name {
-                    "hit_snat" => LbCounter::FwdSnat,
-                    "hit_dsr" => LbCounter::FwdDsr,
-                    _ => LbCounter::Miss,
-                };
-                wrap.aim(frame, prog)?;
-                let before = dp.counter(counter)?;
-                let (t, verdict) = wrap.time(frame)?;
-                let seen = dp.counter(counter)? - before;
-                let want = if *name == "miss" { XDP_PASS } else { XDP_TX };
-                if verdict != want || seen != RUNS_PER_CASE {
-                    return Err(format!(
-                        "{name} at {n} services: verdict {verdict} (expected {want}), {seen} of {RUNS_PER_CASE} runs on the {counter:?} path"
-                    )
-                    .into());
-                }
-                ours.entry((*n, *name)).or_default().push(t - floor);
-            }
-        }
-        if let Some(k) = &katran {
-            k_hit.push(k.time(&mut wrap, &frames[1].1, XDP_TX)? - floor);
-            k_miss.push(k.time(&mut wrap, &frames[2].1, XDP_PASS)? - floor);
+    let counter_of = |f: usize| match frames[f].0 {
+        "hit_snat" => LbCounter::FwdSnat,
+        "hit_dsr" => LbCounter::FwdDsr,
+        _ => LbCounter::Miss,
+    };
+    let mut cases = vec![Case::Floor, Case::Bare];
+    for i in 0..lbs.len() {
+        for f in 0..frames.len() {
+            cases.push(Case::Ours(i, f));
         }
     }
-    for (n, _, _) in &lbs {
+    if katran.is_some() {
+        cases.extend([Case::KatranHit, Case::KatranMiss]);
+    }
+    let katran_before = match &katran {
+        Some(k) => k.vip_packets()?,
+        None => 0,
+    };
+    let mut before = BTreeMap::new();
+    for (i, (_, _, dp)) in lbs.iter().enumerate() {
+        for f in 0..frames.len() {
+            before.insert((i, f), dp.counter(counter_of(f))?);
+        }
+    }
+
+    // Aims the wrapper at a case; returns its frame and the verdict every run must give.
+    let aim = |wrap: &mut Wrapper, c: Case| -> Result<(usize, u32), Err> {
+        let (f, target, want) = match c {
+            Case::Floor | Case::Bare => (0, empty.try_clone()?, XDP_PASS),
+            Case::Ours(i, f) => {
+                let prog = lbs[i].2.program_fd(XDP_LB_PROG).ok_or("xdp prog")?;
+                let want = if frames[f].0 == "miss" { XDP_PASS } else { XDP_TX };
+                (f, prog.try_clone()?, want)
+            }
+            Case::KatranHit => (1, katran.as_ref().ok_or("katran")?.prog.try_clone()?, XDP_TX),
+            Case::KatranMiss => (2, katran.as_ref().ok_or("katran")?.prog.try_clone()?, XDP_PASS),
+        };
+        wrap.aim(&frames[f].1, &target)?;
+        Ok((f, want))
+    };
+    let run = |wrap: &Wrapper, c: Case, f: usize, repeat: u32| -> Result<(f64, u32), Err> {
+        match c {
+            Case::Bare => sample(wrap.fd("cil_bench_empty")?, &frames[f].1, Some(&wrap.ctx), repeat),
+            _ => sample(wrap.fd("cil_bench_restore")?, &frames[f].1, Some(&wrap.ctx), repeat),
+        }
+    };
+    // Warm-up: caches, the conntrack entries of the hit frames, Katran's connection table.
+    for &c in &cases {
+        let (f, _) = aim(&mut wrap, c)?;
+        run(&wrap, c, f, 10_000)?;
+    }
+    // Each round times every case once, in an order that moves from round to round, so slow drift
+    // of the machine hits all cases alike and every comparison is between neighbours in time.
+    let mut raw: BTreeMap<Case, Vec<f64>> = cases.iter().map(|&c| (c, Vec::new())).collect();
+    for r in 0..ROUNDS {
+        let k = cases.len();
+        for j in 0..k {
+            let c = cases[(j * 7 + r) % k];
+            let (f, want) = aim(&mut wrap, c)?;
+            let (t, verdict) = run(&wrap, c, f, REPEAT)?;
+            if verdict != want {
+                return Err(format!("{c:?}: verdict {verdict} (expected {want})").into());
+            }
+            raw.get_mut(&c).ok_or("case")?.push(t);
+        }
+    }
+    // Every timed and warm-up run took the path it is named after.
+    for (i, (n, _, dp)) in lbs.iter().enumerate() {
+        for f in 0..frames.len() {
+            let seen = dp.counter(counter_of(f))? - before[&(i, f)];
+            if seen != RUNS_PER_CASE {
+                return Err(format!(
+                    "{} at {n} services: {seen} of {RUNS_PER_CASE} runs on the {:?} path",
+                    frames[f].0,
+                    counter_of(f)
+                )
+                .into());
+            }
+        }
         notes.push(format!(
             "{n} services: every run took its path (counters), hit verdict XDP_TX, miss XDP_PASS"
         ));
     }
-    if katran.is_some() {
+    if let Some(k) = &katran {
+        let seen = k.vip_packets()? - katran_before;
+        if seen != RUNS_PER_CASE {
+            return Err(format!("katran: {seen} of {RUNS_PER_CASE} hit runs counted on the VIP").into());
+        }
         notes.push(
             "katran: one run checked to be IPIP to the real + XDP_TX; every timed hit run counted on its VIP"
                 .to_string(),
         );
     }
-    let floor = median(&floors);
-    let bare = median(&bares);
-    let ours: BTreeMap<(usize, &str), f64> =
-        ours.into_iter().map(|(k, v)| (k, median(&v))).collect();
-    let katran_hit = if k_hit.is_empty() {
-        f64::NAN
-    } else {
-        median(&k_hit)
+    let s = Samples { raw };
+    let ours = |n: usize, name: &str| -> Case {
+        let i = SCALES.iter().position(|&x| x == n).expect("scale");
+        let f = frames.iter().position(|(x, _)| *x == name).expect("frame");
+        Case::Ours(i, f)
     };
-    let katran_miss = if k_miss.is_empty() {
-        f64::NAN
+    let get = |n, name| s.net(ours(n, name));
+    let floor = median(&s.raw[&Case::Floor]);
+    let bare = median(&s.raw[&Case::Bare]);
+    let (katran_hit, katran_miss) = if katran.is_some() {
+        (s.net(Case::KatranHit), s.net(Case::KatranMiss))
     } else {
-        median(&k_miss)
+        (f64::NAN, f64::NAN)
     };
 
-    let get = |n, name| ours[&(n, name)];
     let mut m = vec![
         Measure::new("xdp_hit_snat_ns", get(10, "hit_snat"), "ns", katran_hit),
         Measure::new("xdp_hit_dsr_ns", get(10, "hit_dsr"), "ns", katran_hit),
@@ -302,8 +371,26 @@ fn xdp_bench(net: TestNet) -> Result<XdpResults, Err> {
             ));
         }
     }
+    let mut spread = Vec::new();
+    for n in SCALES {
+        for name in ["hit_snat", "hit_dsr", "miss"] {
+            let (lo, hi) = s.spread(ours(n, name));
+            spread.push(format!("{name}@{n} {lo:.0}-{hi:.0}"));
+        }
+    }
+    if katran.is_some() {
+        let (lo, hi) = s.spread(Case::KatranHit);
+        spread.push(format!("katran hit {lo:.0}-{hi:.0}"));
+        notes.push(format!(
+            "paired per-round ratios (median): dsr/katran {:.3}, snat/katran {:.3}, dsr 100k/10 {:.3}",
+            s.paired_ratio(ours(10, "hit_dsr"), Case::KatranHit),
+            s.paired_ratio(ours(10, "hit_snat"), Case::KatranHit),
+            s.paired_ratio(ours(100_000, "hit_dsr"), ours(10, "hit_dsr")),
+        ));
+    }
+    notes.push(format!("p10-p90 over rounds, ns: {}", spread.join(", ")));
     notes.push(format!(
-        "ns/packet = median over {ROUNDS} interleaved rounds of (fastest of {RUNS} runs x {REPEAT} repeats through the frame-restoring wrapper, minus that round's floor) (wrapper + empty = {floor:.1} ns; bare empty program {bare:.1} ns); *_ns baselines: Katran (hits, miss) or the floor"
+        "ns/packet = median over {ROUNDS} rounds of (one run of {REPEAT} repeats through the frame-restoring wrapper, minus the same round's floor); each round times every case once, in a rotating order (wrapper + empty = {floor:.1} ns; bare empty program {bare:.1} ns); *_ns baselines: Katran (hits, miss) or the floor"
     ));
     notes.push(
         "*_ratio measures: value = numerator, baseline = denominator, ratio = their quotient (all same run)"
@@ -527,21 +614,6 @@ impl Katran {
         let s: aya::maps::PerCpuArray<&MapData, [u64; 2]> =
             aya::maps::PerCpuArray::try_from(self.ebpf.map("stats").ok_or("stats")?)?;
         Ok(s.get(&0, 0)?.iter().map(|v| v[0]).sum())
-    }
-
-    /// Wrapper + Katran on `frame`, checking the verdict (and, for hits, that every run hit the VIP).
-    fn time(&self, wrap: &mut Wrapper, frame: &[u8], want: u32) -> Result<f64, Err> {
-        wrap.aim(frame, &self.prog)?;
-        let before = self.vip_packets()?;
-        let (t, v) = wrap.time(frame)?;
-        let seen = self.vip_packets()? - before;
-        if v != want || (want == XDP_TX && seen != RUNS_PER_CASE) {
-            return Err(format!(
-                "katran: verdict {v} (expected {want}), {seen} of {RUNS_PER_CASE} runs counted on the VIP"
-            )
-            .into());
-        }
-        Ok(t)
     }
 }
 
