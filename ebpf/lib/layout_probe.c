@@ -86,6 +86,10 @@ int main(void)
 	OFF(lb_config, snat_port_max);
 	OFF(lb_config, maglev_table_size);
 	OFF(lb_config, hash_seed);
+	OFF(lb_config, fib_memo_jiffies);
+	OFF(lb_config, ct_tick_shift);
+	OFF(lb_config, ct_timeout);
+	CONST(LB_CT_TIMEOUTS);
 	CONST(CILIA_LB_SERVICES_MAX);
 	CONST(CILIA_LB_BACKENDS_MAX);
 	CONST(CILIA_LB_REVNAT_MAX);

@@ -249,8 +249,27 @@ static __always_inline int lb4_push_dsr_opt(lb_ctx *ctx, struct pkt4 *p, __be32 
 	return 0;
 }
 
-/* How long a memoised FIB answer is used: a route or neighbour change is seen within this time. */
-#define LB_FIB_MEMO_TTL_NS (100ull * 1000 * 1000)
+/* The datapath's clock (see lb_config.ct_tick_shift): inlined by the verifier, no helper call. */
+static __always_inline __u64 lb_now(void)
+{
+	return bpf_jiffies64();
+}
+
+/* The per-CPU FIB memo slot of daddr on ifindex (NULL never happens: an in-range array index). */
+static __always_inline struct lb_fib_memo *lb_fib_memo_slot(__be32 daddr, __u32 ifindex)
+{
+	__u32 slot = lb_mix32(daddr ^ ifindex) & (CILIA_LB_FIB_MEMO_SLOTS - 1);
+
+	return bpf_map_lookup_elem(&cilia_lb_fib_memo, &slot);
+}
+
+/* Whether a memo answers for daddr on ifindex, for a packet of len bytes, now. */
+static __always_inline int lb_fib_memo_valid(const struct lb_fib_memo *m, __be32 daddr,
+					     __u32 ifindex, __u16 len, __u64 now)
+{
+	return m && m->daddr == daddr && m->ifindex == ifindex && len <= m->ok_len &&
+	       now < m->expires;
+}
 
 static __always_inline int lb4_tx(lb_ctx *ctx, const __u8 *dmac, const __u8 *smac)
 {
@@ -275,17 +294,16 @@ static __always_inline int lb4_tx(lb_ctx *ctx, const __u8 *dmac, const __u8 *sma
  *  - otherwise (no route, too big) to the stack, which fragments and runs netfilter.
  * Same-device answers are memoised per CPU for LB_FIB_MEMO_TTL_NS; other-device answers only as
  * "not here" (TC looks them up again); missing routes or neighbours are not memoised. */
-static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p, __u64 now)
+static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p,
+				    const struct lb_config *cfg, __u64 now)
 {
 	struct bpf_fib_lookup fib = {};
 	__u32 ifindex = ctx_ifindex(ctx);
 	__u16 len = bpf_ntohs(p->tot_len);
-	__u32 slot = lb_mix32(p->daddr ^ ifindex) & (CILIA_LB_FIB_MEMO_SLOTS - 1);
-	struct lb_fib_memo *m = bpf_map_lookup_elem(&cilia_lb_fib_memo, &slot);
+	struct lb_fib_memo *m = lb_fib_memo_slot(p->daddr, ifindex);
 	long rc;
 
-	if (m && m->daddr == p->daddr && m->ifindex == ifindex && len <= m->ok_len &&
-	    now < m->expires_ns) {
+	if (lb_fib_memo_valid(m, p->daddr, ifindex, len, now)) {
 		lb_count(LB_C_FIB_MEMO_HIT);
 		if (m->tx)
 			return lb4_tx(ctx, m->dmac, m->smac);
@@ -321,13 +339,26 @@ static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p, __u64 now
 		m->tx = fib.ifindex == ifindex;
 		__builtin_memcpy(m->dmac, fib.dmac, 6);
 		__builtin_memcpy(m->smac, fib.smac, 6);
-		m->expires_ns = now + LB_FIB_MEMO_TTL_NS;
+		m->expires = now + cfg->fib_memo_jiffies;
 	}
 	if (fib.ifindex != ifindex) {
 		lb_count(LB_C_XMIT_STACK);
 		return CTX_PASS;
 	}
 	return lb4_tx(ctx, fib.dmac, fib.smac);
+}
+
+/* lb4_xmit when the memo was just found valid by lb4_xdp_defer (XDP's hit path: one memo lookup per
+ * packet, not two): only the length, grown by a DSR option since, is checked again. */
+static __always_inline int lb4_xmit_memo(lb_ctx *ctx, const struct pkt4 *p,
+					 const struct lb_config *cfg, __u64 now,
+					 const struct lb_fib_memo *hint)
+{
+	if (hint && bpf_ntohs(p->tot_len) <= hint->ok_len) {
+		lb_count(LB_C_FIB_MEMO_HIT);
+		return lb4_tx(ctx, hint->dmac, hint->smac);
+	}
+	return lb4_xmit(ctx, p, cfg, now);
 }
 
 /* XDP only, before a translation: whether the translated packet (saddr -> daddr) would leave by
@@ -337,21 +368,24 @@ static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p, __u64 now
  * backend, same SNAT port) and translates and redirects it. Intentional XDP/TC divergence: XDP
  * answers XDP_PASS with the packet unchanged where TC answers TC_ACT_REDIRECT. */
 static __always_inline int lb4_xdp_defer(lb_ctx *ctx, const struct pkt4 *p, __be32 saddr,
-					  __be32 daddr, __u64 now)
+					  __be32 daddr, __u64 now, struct lb_fib_memo **hint)
 {
+	*hint = NULL;
 #ifdef CTX_HAS_REDIRECT
 	return 0;
 #else
 	struct bpf_fib_lookup fib = {};
 	__u32 ifindex = ctx_ifindex(ctx);
 	__u16 len = bpf_ntohs(p->tot_len);
-	__u32 slot = lb_mix32(daddr ^ ifindex) & (CILIA_LB_FIB_MEMO_SLOTS - 1);
-	struct lb_fib_memo *m = bpf_map_lookup_elem(&cilia_lb_fib_memo, &slot);
+	struct lb_fib_memo *m = lb_fib_memo_slot(daddr, ifindex);
 	long rc;
 
-	if (m && m->daddr == daddr && m->ifindex == ifindex && len <= m->ok_len &&
-	    now < m->expires_ns)
-		return !m->tx;
+	if (lb_fib_memo_valid(m, daddr, ifindex, len, now)) {
+		if (!m->tx)
+			return 1;
+		*hint = m;
+		return 0;
+	}
 	fib.family = 2; /* AF_INET */
 	fib.l4_protocol = p->proto;
 	fib.tot_len = len;
@@ -549,17 +583,18 @@ static __always_inline int lb4_snat_alloc(const struct pkt4 *p, const struct lb4
 #define TCP_F_ACK 0x10
 
 /* How long a flow lives after this packet (in ticks), recording the TCP state it shows. */
-static __always_inline __u32 lb4_ct_lifetime(struct lb4_ct_entry *e, const struct pkt4 *p)
+static __always_inline __u32 lb4_ct_lifetime(struct lb4_ct_entry *e, const struct pkt4 *p,
+					     const struct lb_config *cfg)
 {
 	if (p->proto != IPPROTO_TCP)
-		return LB_CT_TIMEOUT_NONTCP;
+		return cfg->ct_timeout[LB_CT_NONTCP];
 	if (p->tcp_flags & (TCP_F_FIN | TCP_F_RST))
 		e->closing = 1;
 	if (p->tcp_flags & TCP_F_ACK)
 		e->seen_ack = 1;
 	if (e->closing)
-		return LB_CT_TIMEOUT_TCP_CLOSE;
-	return e->seen_ack ? LB_CT_TIMEOUT_TCP : LB_CT_TIMEOUT_TCP_SYN;
+		return cfg->ct_timeout[LB_CT_TCP_CLOSE];
+	return cfg->ct_timeout[e->seen_ack ? LB_CT_TCP : LB_CT_TCP_SYN];
 }
 
 /* An expired SNATed flow gives its node port back: the reply tuple's NAT entry goes with it. */
@@ -592,8 +627,9 @@ static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const 
 	struct lb4_backend be;
 	__be32 vip = p->daddr;
 	__be16 vport = p->dport;
-	__u64 now = bpf_ktime_get_coarse_ns();
-	__u32 tick = now >> LB_CT_TICK_SHIFT;
+	struct lb_fib_memo *memo;
+	__u64 now = lb_now();
+	__u32 tick = now >> (cfg->ct_tick_shift & 63);
 	__u32 hash, id = 0, expires;
 
 	lb4_tuple_of(p, &t);
@@ -608,7 +644,7 @@ static __always_inline int lb4_service_xlate(lb_ctx *ctx, struct pkt4 *p, const 
 		bp = lb4_backend_get(ct->backend_id);
 		if (bp) {
 			/* Refreshed in place; written only when the tick or the TCP state moved. */
-			expires = tick + lb4_ct_lifetime(ct, p);
+			expires = tick + lb4_ct_lifetime(ct, p, cfg);
 			if (ct->expires != expires)
 				ct->expires = expires;
 			entry = *ct;
@@ -670,20 +706,20 @@ new_flow:
 			return CTX_DROP;
 		entry.nat_addr = cfg->node_addr;
 	}
-	entry.expires = tick + lb4_ct_lifetime(&entry, p);
+	entry.expires = tick + lb4_ct_lifetime(&entry, p, cfg);
 	bpf_map_update_elem(&cilia_lb4_ct, &t, &entry, BPF_ANY);
 	if (svc->flags & LB_SVC_F_AFFINITY)
 		lb4_affinity_put(p, svc, id);
 
 xlate:
 	if (lb4_xdp_defer(ctx, p, entry.fwd == LB_FWD_SNAT ? entry.nat_addr : p->saddr, be.address,
-			  now))
+			  now, &memo))
 		return CTX_PASS;
 	if (entry.fwd == LB_FWD_SNAT) {
 		if (lb4_rewrite(ctx, p, entry.nat_addr, entry.nat_port, be.address, be.port))
 			return CTX_DROP;
 		lb_count(LB_C_FWD_SNAT);
-		return lb4_xmit(ctx, p, now);
+		return lb4_xmit_memo(ctx, p, cfg, now, memo);
 	} else if (entry.fwd == LB_FWD_DSR) {
 		/* Only packets with ports carry the option: that is what the backend side keys on. An
 		 * established flow whose packet has no room keeps going without it (already recorded). */
@@ -703,12 +739,15 @@ xlate:
 	}
 	if (lb4_rewrite(ctx, p, p->saddr, p->sport, be.address, be.port))
 		return CTX_DROP;
-	return lb4_xmit(ctx, p, now);
+	return lb4_xmit_memo(ctx, p, cfg, now, memo);
 }
 
 /* A reply of an SNATed flow (backend -> node:port): restore VIP:port -> client:port. */
-static __always_inline int lb4_rev_snat(lb_ctx *ctx, struct pkt4 *p, const struct lb4_nat_entry *nat)
+static __always_inline int lb4_rev_snat(lb_ctx *ctx, struct pkt4 *p, const struct lb4_nat_entry *nat,
+					const struct lb_config *cfg)
 {
+	struct lb_fib_memo *memo;
+	__u64 now;
 	struct lb4_nat_entry n = *nat;
 	__u32 rev = n.rev_nat_index;
 	struct lb4_reverse_nat *rn = bpf_map_lookup_elem(&cilia_lb4_reverse_nat, &rev);
@@ -720,12 +759,13 @@ static __always_inline int lb4_rev_snat(lb_ctx *ctx, struct pkt4 *p, const struc
 		return CTX_PASS;
 	}
 	fe = *rn;
-	if (lb4_xdp_defer(ctx, p, fe.address, n.client_addr, bpf_ktime_get_coarse_ns()))
+	now = lb_now();
+	if (lb4_xdp_defer(ctx, p, fe.address, n.client_addr, now, &memo))
 		return CTX_PASS;
 	if (lb4_rewrite(ctx, p, fe.address, fe.port, n.client_addr, n.client_port))
 		return CTX_DROP;
 	lb_count(LB_C_REV_SNAT);
-	return lb4_xmit(ctx, p, bpf_ktime_get_coarse_ns());
+	return lb4_xmit_memo(ctx, p, cfg, now, memo);
 }
 
 /* What an ICMP error quotes of the offending packet: its IPv4 header (no options) and the first 8
@@ -815,7 +855,7 @@ static __always_inline int lb4_icmp(lb_ctx *ctx, struct pkt4 *p, const struct lb
 	if (lb4_set_addr(ctx, p, LB_DST, n.client_addr))
 		return CTX_DROP;
 	lb_count(LB_C_ICMP_ERR_FLOW);
-	return lb4_xmit(ctx, p, bpf_ktime_get_coarse_ns());
+	return lb4_xmit(ctx, p, cfg, lb_now());
 }
 
 /* Entry of the load balancer on a node device's ingress (XDP or TC). */
@@ -824,8 +864,9 @@ static __always_inline int lb4_icmp(lb_ctx *ctx, struct pkt4 *p, const struct lb
  * the client (redirected to the client pod's device when it is one). Returns LB_NOT_A_REPLY (no
  * verdict of either hook) when the packet is not such a reply. */
 #define LB_NOT_A_REPLY (-1000)
-static __always_inline int lb4_rev_dnat(lb_ctx *ctx, struct pkt4 *p)
+static __always_inline int lb4_rev_dnat(lb_ctx *ctx, struct pkt4 *p, const struct lb_config *cfg)
 {
+	struct lb_fib_memo *memo;
 	struct lb4_dsr_entry *e;
 	struct lb4_dsr_entry rev;
 	struct lb4_tuple t;
@@ -838,14 +879,14 @@ static __always_inline int lb4_rev_dnat(lb_ctx *ctx, struct pkt4 *p)
 	if (!e)
 		return LB_NOT_A_REPLY;
 	rev = *e;
-	now = bpf_ktime_get_coarse_ns();
-	if (lb4_xdp_defer(ctx, p, rev.vip, p->daddr, now))
+	now = lb_now();
+	if (lb4_xdp_defer(ctx, p, rev.vip, p->daddr, now, &memo))
 		return CTX_PASS;
 	/* A failed rewrite would leak the backend's address to the client: drop instead. */
 	if (lb4_set_addr(ctx, p, LB_SRC, rev.vip) || lb4_set_port(ctx, p, LB_SRC, rev.vport))
 		return CTX_DROP;
 	lb_count(LB_C_DSR_REVERSED);
-	return lb4_xmit(ctx, p, now);
+	return lb4_xmit_memo(ctx, p, cfg, now, memo);
 }
 
 /* from_pod: the program runs on a pod's host-side device (see lb4_fwd_mode). */
@@ -889,7 +930,7 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 		if (nat) {
 			if (p.frag == PKT_FRAG_FIRST)
 				lb4_frag_remember(&p);
-			return lb4_rev_snat(ctx, &p, nat);
+			return lb4_rev_snat(ctx, &p, nat, cfg);
 		}
 	}
 	struct lb4_key key = {
@@ -898,7 +939,7 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 
 	sp = bpf_map_lookup_elem(&cilia_lb4_services, &key);
 	if (!sp) {
-		rc = lb4_rev_dnat(ctx, &p);
+		rc = lb4_rev_dnat(ctx, &p, cfg);
 		if (rc != LB_NOT_A_REPLY)
 			return rc;
 		lb_count(LB_C_MISS);

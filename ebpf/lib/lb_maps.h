@@ -144,19 +144,18 @@ struct lb4_ct_entry {
 	__be32 nat_addr;
 	__be16 nat_port;
 	__u16 pad2;
-	__u32 expires;		/* in ticks of bpf_ktime_get_coarse_ns() >> LB_CT_TICK_SHIFT: past it the
-				 * entry is dead */
+	__u32 expires;		/* in conntrack ticks (lb_config.ct_tick_shift): past it the entry is dead */
 };
 
-/* Conntrack lifetimes, Cilium's defaults (bpf-ct-timeout-*): a flow is forgotten after this long
- * without a packet from its client. Kept in ticks of 2^30 ns (a shift, not a division, on the hit
- * path), rounded up: each lifetime is the configured one or at most one tick (1.07 s) longer. */
-#define LB_CT_TICK_SHIFT 30
-#define LB_CT_TICKS(s) ((__u32)((((__u64)(s)) * 1000000000ull + (1ull << LB_CT_TICK_SHIFT) - 1) >> LB_CT_TICK_SHIFT))
-#define LB_CT_TIMEOUT_TCP_SYN LB_CT_TICKS(60)	/* handshake not complete */
-#define LB_CT_TIMEOUT_TCP LB_CT_TICKS(21600)	/* established (6h) */
-#define LB_CT_TIMEOUT_TCP_CLOSE LB_CT_TICKS(10)	/* after FIN or RST */
-#define LB_CT_TIMEOUT_NONTCP LB_CT_TICKS(60)	/* UDP */
+/* Conntrack lifetimes, index of lb_config.ct_timeout: a flow is forgotten after this long without a
+ * packet from its client. */
+enum lb_ct_timeout {
+	LB_CT_TCP_SYN = 0,	/* handshake not complete */
+	LB_CT_TCP,		/* established */
+	LB_CT_TCP_CLOSE,	/* after FIN or RST */
+	LB_CT_NONTCP,		/* UDP */
+	LB_CT_TIMEOUTS,
+};
 
 /* SNAT state keyed by the reply tuple (backend -> node:port): the client the reply belongs to. */
 struct lb4_nat_entry {
@@ -211,14 +210,21 @@ struct lb_config {
 	__u16 pad;
 	__u32 maglev_table_size;	/* entries per inner maglev table (maglev.tableSize) */
 	__u32 hash_seed;
+	/* The clock is bpf_jiffies64(), which the verifier inlines (a ktime helper is a call: ~30 ns
+	 * on the hit path on machines with return-thunk mitigations). Jiffies tick at the kernel's HZ,
+	 * which only the agent can find out, so it writes what depends on it: */
+	__u32 fib_memo_jiffies;	/* how long a memoised FIB answer is used (~100 ms) */
+	__u8 ct_tick_shift;	/* conntrack tick = jiffies >> this (0.5-1 s at any HZ) */
+	__u8 pad2[3];
+	__u32 ct_timeout[LB_CT_TIMEOUTS];	/* lifetimes in ticks, rounded up (Cilium's defaults) */
 };
 
 /* A per-CPU memo of one FIB answer (bpf_fib_lookup costs ~250 ns here, more than the rest of the
- * fast path): where packets to `daddr` arriving on `ifindex` go, valid until `expires_ns`. */
+ * fast path): where packets to `daddr` arriving on `ifindex` go, valid until `expires`. */
 struct lb_fib_memo {
 	__be32 daddr;
 	__u32 ifindex;
-	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() clock */
+	__u64 expires;		/* jiffies */
 	__u16 ok_len;		/* largest L3 length the FIB's MTU check passed */
 	__u8 tx;		/* 1: out of the ingress device with these MACs; 0: another device (TC looks up again) */
 	__u8 pad;

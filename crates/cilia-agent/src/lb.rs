@@ -347,8 +347,9 @@ impl LbAgent {
         let live_refs = if scan_due {
             let started = Instant::now();
             // The tick is read before the scan: an entry that expired before it stays expired.
-            let tick = ct_tick();
-            let r = dp.ct_live_backends(tick);
+            let r = ct_tick()
+                .map_err(BpfError::Clock)
+                .and_then(|tick| dp.ct_live_backends(tick));
             let took = started.elapsed();
             self.next_ct_scan =
                 Some(Instant::now() + CT_SCAN_MIN_INTERVAL.max(took * CT_SCAN_BACKOFF));
@@ -401,7 +402,11 @@ impl LbAgent {
             } else {
                 seed_of(&node) | 1
             },
-        };
+            ..LbConfig::default()
+        }
+        // As set_config writes it, so an unchanged config compares equal.
+        .clocked()
+        .map_err(BpfError::Clock)?;
         if new_cfg != old_cfg {
             dp.set_config(&new_cfg)?;
             writes += 1;

@@ -54,6 +54,8 @@ pub enum BpfError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("{0}")]
+    Clock(#[source] io::Error),
 }
 
 /// Where a TCX program goes in its hook's chain.

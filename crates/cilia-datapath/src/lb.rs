@@ -482,8 +482,8 @@ fn backend_key_of(b: &Lb4Backend) -> Option<BackendKey> {
     })
 }
 
-/// Backend ids named by conntrack entries still alive at `tick` (the datapath's clock,
-/// `bpf_ktime_get_coarse_ns() >> LB_CT_TICK_SHIFT`), with the datapath's own expiry test.
+/// Backend ids named by conntrack entries still alive at `tick` (the datapath's conntrack clock,
+/// [`crate::lb_maps::ct_tick`]), with the datapath's own expiry test.
 pub fn live_ct_backends<'a>(
     entries: impl IntoIterator<Item = &'a Lb4CtEntry>,
     tick: u32,

@@ -294,8 +294,10 @@ impl LbDatapath {
         self.xdp.map_mut(name).expect("map is in the object")
     }
 
-    /// Writes the node config (slot 0 of `cilia_lb_config`); until then every packet passes.
+    /// Writes the node config (slot 0 of `cilia_lb_config`); until then every packet passes. The
+    /// clock fields are always this kernel's ([`LbConfig::clocked`]), whatever `cfg` holds.
     pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), BpfError> {
+        let cfg = cfg.clocked().map_err(BpfError::Clock)?;
         let mut a: Array<&mut MapData, LbConfig> =
             Array::try_from(self.map_mut(CONFIG_MAP)).map_err(map_err(CONFIG_MAP))?;
         a.set(0, cfg, 0).map_err(map_err(CONFIG_MAP))

@@ -76,6 +76,8 @@ pub fn node_config() -> LbConfig {
         pad: 0,
         maglev_table_size: MAGLEV.table_size,
         hash_seed: HASH_SEED,
+        // LbDatapath::set_config writes this kernel's clock fields.
+        ..LbConfig::default()
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::clock::Clock;
 use crate::maps::{assert_layout, c};
 
 /// Network-order `__be32` of an address, as the datapath stores it.
@@ -111,36 +112,22 @@ pub struct Lb4CtEntry {
     pub nat_addr: u32,
     pub nat_port: u16,
     pub pad2: u16,
-    /// Expiry in ticks of the coarse monotonic clock ([`ct_tick`]).
+    /// Expiry in conntrack ticks ([`ct_tick`]).
     pub expires: u32,
 }
 
-/// Conntrack time unit: the coarse monotonic clock (`bpf_ktime_get_coarse_ns`) shifted right by
-/// this (2^30 ns ≈ 1.07 s), as `LB_CT_TICK_SHIFT` in lb_maps.h.
-pub const CT_TICK_SHIFT: u32 = 30;
+/// Conntrack lifetimes (Cilium's defaults, `bpf-ct-timeout-*`), in seconds: TCP handshake,
+/// established, closing; UDP. In that order in [`LbConfig::ct_timeout`] (as ticks).
+pub const CT_TIMEOUT_TCP_SYN_S: u64 = 60;
+pub const CT_TIMEOUT_TCP_S: u64 = 21_600;
+pub const CT_TIMEOUT_TCP_CLOSE_S: u64 = 10;
+pub const CT_TIMEOUT_NONTCP_S: u64 = 60;
+/// How long the datapath uses a memoised FIB answer.
+pub const FIB_MEMO_MS: u64 = 100;
 
-/// Seconds → ticks, rounded up (`LB_CT_TICKS`).
-pub const fn ct_ticks(secs: u64) -> u32 {
-    ((secs * 1_000_000_000 + (1 << CT_TICK_SHIFT) - 1) >> CT_TICK_SHIFT) as u32
-}
-
-/// Conntrack lifetimes (Cilium's defaults), in ticks: TCP handshake, established, closing; UDP.
-pub const CT_TIMEOUT_TCP_SYN: u32 = ct_ticks(60);
-pub const CT_TIMEOUT_TCP: u32 = ct_ticks(21600);
-pub const CT_TIMEOUT_TCP_CLOSE: u32 = ct_ticks(10);
-pub const CT_TIMEOUT_NONTCP: u32 = ct_ticks(60);
-
-/// The datapath's clock now, in conntrack ticks (CLOCK_MONOTONIC_COARSE is what
-/// `bpf_ktime_get_coarse_ns` reads).
-pub fn ct_tick() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    (ns >> CT_TICK_SHIFT) as u32
+/// The datapath's conntrack tick now (see [`crate::clock`]).
+pub fn ct_tick() -> std::io::Result<u32> {
+    Clock::get()?.ct_tick()
 }
 
 /// SNAT state keyed by the reply tuple: the client a reply belongs to.
@@ -211,6 +198,37 @@ pub struct LbConfig {
     pub pad: u16,
     pub maglev_table_size: u32,
     pub hash_seed: u32,
+    /// The clock fields ([`LbConfig::clocked`] fills them for this kernel).
+    pub fib_memo_jiffies: u32,
+    pub ct_tick_shift: u8,
+    pub pad2: [u8; 3],
+    /// Lifetimes in conntrack ticks, in `enum lb_ct_timeout` order.
+    pub ct_timeout: [u32; c::LB_CT_TIMEOUTS as usize],
+}
+
+impl LbConfig {
+    /// With the clock fields of this kernel's jiffies: tick shift, lifetimes, FIB memo time.
+    pub fn clocked(self) -> std::io::Result<Self> {
+        let clock = Clock::get()?;
+        Ok(self.with_clock(clock.hz(), clock.tick_shift()))
+    }
+
+    /// With the clock fields for `hz` and `shift` (pure: see [`LbConfig::clocked`]).
+    pub fn with_clock(self, hz: u32, shift: u8) -> Self {
+        let t = |secs| crate::clock::ticks(secs, hz, shift);
+        LbConfig {
+            fib_memo_jiffies: (FIB_MEMO_MS * u64::from(hz)).div_ceil(1000) as u32,
+            ct_tick_shift: shift,
+            pad2: [0; 3],
+            ct_timeout: [
+                t(CT_TIMEOUT_TCP_SYN_S),
+                t(CT_TIMEOUT_TCP_S),
+                t(CT_TIMEOUT_TCP_CLOSE_S),
+                t(CT_TIMEOUT_NONTCP_S),
+            ],
+            ..self
+        }
+    }
 }
 
 // SAFETY: plain-old-data, every bit pattern valid, explicit padding only (checked below).
@@ -327,7 +345,10 @@ assert_layout!(
     snat_port_min = c::OFF_lb_config_snat_port_min,
     snat_port_max = c::OFF_lb_config_snat_port_max,
     maglev_table_size = c::OFF_lb_config_maglev_table_size,
-    hash_seed = c::OFF_lb_config_hash_seed
+    hash_seed = c::OFF_lb_config_hash_seed,
+    fib_memo_jiffies = c::OFF_lb_config_fib_memo_jiffies,
+    ct_tick_shift = c::OFF_lb_config_ct_tick_shift,
+    ct_timeout = c::OFF_lb_config_ct_timeout
 );
 
 /// Counter indexes of `cilia_lb_counters` (`enum lb_counter` in lb_maps.h), in order.

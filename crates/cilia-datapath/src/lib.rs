@@ -2,6 +2,7 @@
 //! edges (netlink, aya) that write them.
 
 pub mod bpf;
+pub mod clock;
 pub mod endpoints;
 pub mod ethtool;
 pub mod ipvlan;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use cilia_datapath::clock::Clock;
 use cilia_datapath::lb::{
     BackendKey, BackendRetention, Proto, ServiceSpec, assign_backend_ids,
     assign_backend_ids_retaining, desired_entries, lb_diff, wanted_backends,
@@ -14,8 +15,8 @@ use cilia_datapath::lb::{
 use cilia_datapath::lb_bpf::{LbDatapath, LbMapSizes, TC_LB_INGRESS_PROG, XDP_LB_PROG};
 use cilia_datapath::lb_fixtures::*;
 use cilia_datapath::lb_maps::{
-    CT_TIMEOUT_NONTCP, CT_TIMEOUT_TCP, CT_TIMEOUT_TCP_CLOSE, CT_TIMEOUT_TCP_SYN, Lb4Tuple,
-    LbCounter, ct_tick, ct_ticks, ip_of,
+    CT_TIMEOUT_NONTCP_S, CT_TIMEOUT_TCP_CLOSE_S, CT_TIMEOUT_TCP_S, CT_TIMEOUT_TCP_SYN_S, Lb4Tuple,
+    LbCounter, ip_of,
 };
 
 mod common;
@@ -71,7 +72,7 @@ fn rows() -> Vec<CtRow> {
             name: "syn_gets_the_handshake_lifetime",
             frames: vec![tcp(TCP_SYN)],
             key,
-            lifetime: CT_TIMEOUT_TCP_SYN,
+            lifetime: ticks(CT_TIMEOUT_TCP_SYN_S),
             closing: 0,
             seen_ack: 0,
         },
@@ -79,7 +80,7 @@ fn rows() -> Vec<CtRow> {
             name: "ack_makes_it_established",
             frames: vec![tcp(TCP_SYN), tcp(TCP_ACK)],
             key,
-            lifetime: CT_TIMEOUT_TCP,
+            lifetime: ticks(CT_TIMEOUT_TCP_S),
             closing: 0,
             seen_ack: 1,
         },
@@ -87,7 +88,7 @@ fn rows() -> Vec<CtRow> {
             name: "fin_starts_the_close_timeout",
             frames: vec![tcp(TCP_SYN), tcp(TCP_ACK), tcp(TCP_FIN | TCP_ACK)],
             key,
-            lifetime: CT_TIMEOUT_TCP_CLOSE,
+            lifetime: ticks(CT_TIMEOUT_TCP_CLOSE_S),
             closing: 1,
             seen_ack: 1,
         },
@@ -95,7 +96,7 @@ fn rows() -> Vec<CtRow> {
             name: "acks_after_fin_stay_closing",
             frames: vec![tcp(TCP_SYN), tcp(TCP_FIN | TCP_ACK), tcp(TCP_ACK)],
             key,
-            lifetime: CT_TIMEOUT_TCP_CLOSE,
+            lifetime: ticks(CT_TIMEOUT_TCP_CLOSE_S),
             closing: 1,
             seen_ack: 1,
         },
@@ -103,7 +104,7 @@ fn rows() -> Vec<CtRow> {
             name: "rst_closes",
             frames: vec![tcp(TCP_SYN), tcp(TCP_ACK), tcp(TCP_RST)],
             key,
-            lifetime: CT_TIMEOUT_TCP_CLOSE,
+            lifetime: ticks(CT_TIMEOUT_TCP_CLOSE_S),
             closing: 1,
             seen_ack: 1,
         },
@@ -111,21 +112,47 @@ fn rows() -> Vec<CtRow> {
             name: "udp_gets_the_non_tcp_lifetime",
             frames: vec![FrameSpec::udp(client, (VIP_UDP, 53)).build()],
             key: Lb4Tuple::new(client, (VIP_UDP, 53), PROTO_UDP),
-            lifetime: CT_TIMEOUT_NONTCP,
+            lifetime: ticks(CT_TIMEOUT_NONTCP_S),
             closing: 0,
             seen_ack: 0,
         },
     ]
 }
 
-// Cilium's defaults, in ticks (rounded up to the next 2^30 ns).
+/// The datapath's conntrack tick now.
+fn tick() -> u32 {
+    Clock::get().unwrap().ct_tick().unwrap()
+}
+
+/// Seconds in this kernel's conntrack ticks.
+fn ticks(secs: u64) -> u32 {
+    Clock::get().unwrap().ct_ticks(secs)
+}
+
+// Cilium's defaults, in this kernel's ticks (rounded up, never short), as set_config writes them
+// whatever the caller passed; the FIB memo lasts 100 ms.
 #[test]
 fn lifetimes_are_ciliums_defaults() {
-    assert_eq!(CT_TIMEOUT_TCP_SYN, ct_ticks(60));
-    assert!((60.0..61.1).contains(&(f64::from(CT_TIMEOUT_TCP_SYN) * 1.073_741_824)));
-    assert!((21600.0..21601.1).contains(&(f64::from(CT_TIMEOUT_TCP) * 1.073_741_824)));
-    assert!((10.0..11.1).contains(&(f64::from(CT_TIMEOUT_TCP_CLOSE) * 1.073_741_824)));
-    assert_eq!(CT_TIMEOUT_NONTCP, CT_TIMEOUT_TCP_SYN);
+    if !can_load_bpf() {
+        return;
+    }
+    let clock = Clock::get().unwrap();
+    let tick_s = f64::from(1u32 << clock.tick_shift()) / f64::from(clock.hz());
+    assert!((0.5..=1.0).contains(&tick_s), "tick {tick_s} s");
+    let pin = PinDir::new("lbct", "config");
+    let dp = seeded(&pin.0, &world());
+    let cfg = dp.config().unwrap();
+    assert_eq!(cfg.ct_tick_shift, clock.tick_shift());
+    for (i, secs) in [60.0, 21600.0, 10.0, 60.0].into_iter().enumerate() {
+        let lasts = f64::from(cfg.ct_timeout[i]) * tick_s;
+        assert!(
+            (secs..secs + tick_s).contains(&lasts),
+            "lifetime {i}: {} ticks = {lasts} s, expected {secs} s",
+            cfg.ct_timeout[i]
+        );
+    }
+    let memo_ms = f64::from(cfg.fib_memo_jiffies) * 1000.0 / f64::from(clock.hz());
+    assert!((100.0..110.0).contains(&memo_ms), "FIB memo {memo_ms} ms");
 }
 
 // Each row on XDP and TC: the entry's lifetime (expiry minus the clock when the last frame ran,
@@ -144,13 +171,13 @@ fn lifetimes_follow_the_flow() {
                 let fd = prog(&dp, hook);
                 let mut t0 = 0;
                 for f in &row.frames {
-                    t0 = ct_tick();
+                    t0 = tick();
                     let (v, _) = run_frame(fd, hook, net.lb0, f).unwrap();
                     if v != Verdict::Tx {
                         failures.push(format!("{} [{hook:?}]: verdict {v:?}", row.name));
                     }
                 }
-                let t1 = ct_tick();
+                let t1 = tick();
                 let cts = dp.ct_entries().unwrap();
                 let Some(e) = cts.get(&row.key) else {
                     failures.push(format!("{} [{hook:?}]: no conntrack entry", row.name));
@@ -203,7 +230,7 @@ fn expired_entries_start_over_and_release_their_port() {
             let nat_before = dp.nat_entries().unwrap();
             // Not expired yet (one tick left): a plain hit.
             let mut aged = first;
-            aged.expires = ct_tick() + 1;
+            aged.expires = tick() + 1;
             dp.ct_insert(&key, &aged).unwrap();
             let c0 = dp.counters().unwrap();
             run_frame(fd, hook, net.lb0, &ack).unwrap();
@@ -213,9 +240,9 @@ fn expired_entries_start_over_and_release_their_port() {
                 failures.push(format!("[{hook:?}] live entry: not a plain hit"));
             }
             // Expired (two ticks ago).
-            aged.expires = ct_tick().wrapping_sub(2);
+            aged.expires = tick().wrapping_sub(2);
             dp.ct_insert(&key, &aged).unwrap();
-            let t0 = ct_tick();
+            let t0 = tick();
             let (v, out) = run_frame(fd, hook, net.lb0, &ack).unwrap();
             let c2 = dp.counters().unwrap();
             if v != Verdict::Tx {
@@ -230,7 +257,7 @@ fn expired_entries_start_over_and_release_their_port() {
                 ));
             }
             let e = dp.ct_entries().unwrap()[&key];
-            if e.expires < t0 + CT_TIMEOUT_TCP || e.seen_ack != 1 {
+            if e.expires < t0 + ticks(CT_TIMEOUT_TCP_S) || e.seen_ack != 1 {
                 failures.push(format!(
                     "[{hook:?}] replaced entry: expires {} seen_ack {} (now {t0})",
                     e.expires, e.seen_ack
@@ -514,7 +541,7 @@ fn conntrack_scan_names_live_flows_backends() {
         run_frame(fd, Hook::Tc, net.lb0, &syn).unwrap();
         let key = Lb4Tuple::new((CLIENT, CLIENT_PORT), (VIP_SNAT, 80), PROTO_TCP);
         let e = dp.ct_entries().unwrap()[&key];
-        let live = dp.ct_live_backends(ct_tick()).unwrap();
+        let live = dp.ct_live_backends(tick()).unwrap();
         if !live.contains(&e.backend_id) {
             failures.push(format!(
                 "live flow's backend {} not named: {live:?}",
@@ -522,9 +549,9 @@ fn conntrack_scan_names_live_flows_backends() {
             ));
         }
         let mut aged = e;
-        aged.expires = ct_tick().wrapping_sub(2);
+        aged.expires = tick().wrapping_sub(2);
         dp.ct_insert(&key, &aged).unwrap();
-        let live = dp.ct_live_backends(ct_tick()).unwrap();
+        let live = dp.ct_live_backends(tick()).unwrap();
         if live.contains(&e.backend_id) {
             failures.push(format!("expired flow still holds backend {}", e.backend_id));
         }
