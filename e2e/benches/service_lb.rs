@@ -258,19 +258,41 @@ fn xdp_bench(net: TestNet) -> Result<XdpResults, Err> {
             Case::Floor | Case::Bare => (0, empty.try_clone()?, XDP_PASS),
             Case::Ours(i, f) => {
                 let prog = lbs[i].2.program_fd(XDP_LB_PROG).ok_or("xdp prog")?;
-                let want = if frames[f].0 == "miss" { XDP_PASS } else { XDP_TX };
+                let want = if frames[f].0 == "miss" {
+                    XDP_PASS
+                } else {
+                    XDP_TX
+                };
                 (f, prog.try_clone()?, want)
             }
-            Case::KatranHit => (1, katran.as_ref().ok_or("katran")?.prog.try_clone()?, XDP_TX),
-            Case::KatranMiss => (2, katran.as_ref().ok_or("katran")?.prog.try_clone()?, XDP_PASS),
+            Case::KatranHit => (
+                1,
+                katran.as_ref().ok_or("katran")?.prog.try_clone()?,
+                XDP_TX,
+            ),
+            Case::KatranMiss => (
+                2,
+                katran.as_ref().ok_or("katran")?.prog.try_clone()?,
+                XDP_PASS,
+            ),
         };
         wrap.aim(&frames[f].1, &target)?;
         Ok((f, want))
     };
     let run = |wrap: &Wrapper, c: Case, f: usize, repeat: u32| -> Result<(f64, u32), Err> {
         match c {
-            Case::Bare => sample(wrap.fd("cil_bench_empty")?, &frames[f].1, Some(&wrap.ctx), repeat),
-            _ => sample(wrap.fd("cil_bench_restore")?, &frames[f].1, Some(&wrap.ctx), repeat),
+            Case::Bare => sample(
+                wrap.fd("cil_bench_empty")?,
+                &frames[f].1,
+                Some(&wrap.ctx),
+                repeat,
+            ),
+            _ => sample(
+                wrap.fd("cil_bench_restore")?,
+                &frames[f].1,
+                Some(&wrap.ctx),
+                repeat,
+            ),
         }
     };
     // Warm-up: caches, the conntrack entries of the hit frames, Katran's connection table.
@@ -313,7 +335,9 @@ fn xdp_bench(net: TestNet) -> Result<XdpResults, Err> {
     if let Some(k) = &katran {
         let seen = k.vip_packets()? - katran_before;
         if seen != RUNS_PER_CASE {
-            return Err(format!("katran: {seen} of {RUNS_PER_CASE} hit runs counted on the VIP").into());
+            return Err(
+                format!("katran: {seen} of {RUNS_PER_CASE} hit runs counted on the VIP").into(),
+            );
         }
         notes.push(
             "katran: one run checked to be IPIP to the real + XDP_TX; every timed hit run counted on its VIP"
