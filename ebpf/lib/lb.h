@@ -889,27 +889,6 @@ static __always_inline int lb4_rev_dnat(lb_ctx *ctx, struct pkt4 *p, const struc
 	return lb4_xmit_memo(ctx, p, cfg, now, memo);
 }
 
-/* Whether the frame is addressed to another host's MAC: a switch flooded it (see cilia_lb_dev). */
-static __always_inline int lb_other_host(lb_ctx *ctx)
-{
-#ifdef CTX_HAS_PKT_TYPE
-	return ctx_other_host(ctx);
-#else
-	__u8 *d = ctx_data(ctx);
-	__u32 key = ctx_ifindex(ctx);
-	const struct lb_dev *dev;
-
-	if ((void *)(d + 6) > ctx_data_end(ctx) || (d[0] & 1))
-		return 0; /* runt (parse judges it), broadcast or multicast */
-	dev = bpf_map_lookup_elem(&cilia_lb_dev, &key);
-	if (!dev || !(dev->mac[0] | dev->mac[1] | dev->mac[2] | dev->mac[3] | dev->mac[4] |
-		      dev->mac[5]))
-		return 0;
-	return ((d[0] ^ dev->mac[0]) | (d[1] ^ dev->mac[1]) | (d[2] ^ dev->mac[2]) |
-		(d[3] ^ dev->mac[3]) | (d[4] ^ dev->mac[4]) | (d[5] ^ dev->mac[5])) != 0;
-#endif
-}
-
 /* from_pod: the program runs on a pod's host-side device (see lb4_fwd_mode). */
 static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 {
@@ -921,10 +900,6 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 	struct pkt4 p;
 	int rc;
 
-	if (!from_pod && lb_other_host(ctx)) {
-		lb_count(LB_C_OTHER_HOST);
-		return CTX_PASS;
-	}
 	ctx_pull(ctx);
 	rc = parse_ipv4(ctx, &p);
 	if (rc == PARSE_NOT_IPV4)

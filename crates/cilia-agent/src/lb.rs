@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use cilia_datapath::bpf::BpfError;
 use cilia_datapath::lb::{
-    BackendRetention, assign_backend_ids_retaining, desired_entries, lb_diff, map_diff,
-    stale_affinity, wanted_backends, wanted_dev_macs,
+    BackendRetention, assign_backend_ids_retaining, desired_entries, lb_diff, stale_affinity,
+    wanted_backends,
 };
 use cilia_datapath::lb_bpf::{
     LbDatapath, LbLink, LbLinkKind, LbMapSizes, NODE_TC_PROGS, TC_LB_POD_INGRESS_PROG, XdpAttach,
@@ -102,8 +102,6 @@ pub struct LbAgent {
     /// first apply (a restart) and after any failure; in between this is what they hold, so a
     /// resync does not re-read every maglev table entry by entry.
     held: Option<cilia_datapath::lb::LbEntries>,
-    /// What `cilia_lb_dev` holds after the last successful write (read back like `held`).
-    held_dev_macs: Option<BTreeMap<u32, [u8; 6]>>,
     pub rows: Vec<ServiceRow>,
     pub status: LbStatus,
     /// Pods' host-side devices (name, ifindex): `cil_lb_pod_ingress` runs on their ingress, so a
@@ -189,7 +187,6 @@ impl LbAgent {
             dp: None,
             best_effort_failed: BTreeSet::new(),
             held: None,
-            held_dev_macs: None,
             rows: Vec::new(),
             status: LbStatus::default(),
             pod_devices: BTreeSet::new(),
@@ -317,7 +314,6 @@ impl LbAgent {
         let r = self.apply_inner(intent);
         if r.is_err() {
             self.held = None;
-            self.held_dev_macs = None;
         }
         r
     }
@@ -416,23 +412,6 @@ impl LbAgent {
             writes += 1;
             info!(node_ip = %intent.node_ip, "load-balancer node config written");
         }
-        // Before any XDP link: XDP translates only frames for its device's MAC (a switch floods
-        // frames for a MAC it has not learnt to every node).
-        let want_macs = wanted_dev_macs(devices.iter().map(|d| (d.1, d.3)));
-        let cur_macs = match self.held_dev_macs.take() {
-            Some(m) => m,
-            None => dp.dev_macs()?,
-        };
-        let mac_diff = map_diff(&want_macs, &cur_macs);
-        if !mac_diff.is_empty() {
-            dp.apply_dev_macs(&mac_diff)?;
-            writes += mac_diff.len() as u64;
-            info!(
-                devices = want_macs.len(),
-                "load-balancer device MACs written"
-            );
-        }
-        self.held_dev_macs = Some(want_macs);
         let diff = lb_diff(&want, &current);
         if !diff.is_empty() {
             dp.apply(&diff, maglev)?;

@@ -531,38 +531,6 @@ fn services_through_namespaces() {
         ("n0", "Native")
     );
     assert_eq!(node.call(|a| a.rows.len()), 4);
-    // XDP knows n0's MAC: it serves only frames addressed to this node (a switch floods others).
-    let n0_mac = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        nss.n(),
-        "cat",
-        "/sys/class/net/n0/address",
-    ])
-    .expect("n0's MAC");
-    let n0_index = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        nss.n(),
-        "cat",
-        "/sys/class/net/n0/ifindex",
-    ])
-    .expect("n0's ifindex");
-    let macs = node.call(|a| a.loaded().expect("loaded").dev_macs().expect("dev MACs"));
-    let fmt = |m: &[u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
-    assert_eq!(
-        macs.iter()
-            .map(|(i, m)| (i.to_string(), fmt(m)))
-            .collect::<Vec<_>>(),
-        vec![(n0_index.trim().to_string(), n0_mac.trim().to_string())]
-    );
     // What `cilia-dbg bpf lb list` prints from the pins (ids by frontend order).
     let list = cilia_datapath::lb::format_lb_list(&read_lb_entries(&node_pin.0).unwrap());
     let rows: Vec<Vec<&str>> = list

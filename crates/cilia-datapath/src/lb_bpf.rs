@@ -14,11 +14,10 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader, Pod};
 
 use crate::bpf::BpfError;
-use crate::lb::{LbDiff, LbEntries, MapDiff};
+use crate::lb::{LbDiff, LbEntries};
 use crate::lb_maglev::MaglevParams;
 use crate::lb_maps::{
-    LB_DEV_SLOTS, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Lb4Tuple, LbConfig, LbCounter,
-    LbDev,
+    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Lb4Tuple, LbConfig, LbCounter,
 };
 use crate::maps::c;
 
@@ -56,7 +55,6 @@ pub const FRAG_MAP: &str = "cilia_lb4_frag";
 pub const AFFINITY_MAP: &str = "cilia_lb4_affinity";
 pub const CONFIG_MAP: &str = "cilia_lb_config";
 pub const COUNTERS_MAP: &str = "cilia_lb_counters";
-pub const DEV_MAP: &str = "cilia_lb_dev";
 
 const LINKS_DIR: &str = "links";
 /// `BPF_F_INNER_MAP`: inner maglev tables may differ in size from the object's template.
@@ -303,41 +301,6 @@ impl LbDatapath {
         let mut a: Array<&mut MapData, LbConfig> =
             Array::try_from(self.map_mut(CONFIG_MAP)).map_err(map_err(CONFIG_MAP))?;
         a.set(0, cfg, 0).map_err(map_err(CONFIG_MAP))
-    }
-
-    /// The node devices' MACs XDP checks destinations against (`cilia_lb_dev`, set slots only).
-    pub fn dev_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, BpfError> {
-        let a: Array<&MapData, LbDev> =
-            Array::try_from(self.map(DEV_MAP)).map_err(map_err(DEV_MAP))?;
-        let mut out = BTreeMap::new();
-        for idx in 0..LB_DEV_SLOTS {
-            let d = a.get(&idx, 0).map_err(map_err(DEV_MAP))?;
-            if d.mac != [0; 6] {
-                out.insert(idx, d.mac);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Writes a [`crate::lb::wanted_dev_macs`] diff; a deleted slot is zeroed (checks nothing).
-    pub fn apply_dev_macs(&mut self, diff: &MapDiff<u32, [u8; 6]>) -> Result<(), BpfError> {
-        let mut a: Array<&mut MapData, LbDev> =
-            Array::try_from(self.map_mut(DEV_MAP)).map_err(map_err(DEV_MAP))?;
-        for (idx, mac) in &diff.upserts {
-            a.set(
-                *idx,
-                LbDev {
-                    mac: *mac,
-                    pad: [0; 2],
-                },
-                0,
-            )
-            .map_err(map_err(DEV_MAP))?;
-        }
-        for idx in &diff.deletes {
-            a.set(*idx, LbDev::default(), 0).map_err(map_err(DEV_MAP))?;
-        }
-        Ok(())
     }
 
     pub fn config(&self) -> Result<LbConfig, BpfError> {
