@@ -73,6 +73,7 @@ fn main() {
                     vip: VIP,
                     service: ServiceName::new("default", "bench"),
                     interfaces: ["eth0".to_string()].into(),
+                    standby: false,
                 },
             )]
             .into();

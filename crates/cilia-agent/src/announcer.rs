@@ -89,8 +89,10 @@ pub fn plan(
         .filter(|l| l.up)
         .map(|l| l.iface.clone())
         .collect();
+    // Standby entries answer no ARP: the load balancer serves their flooded frames.
     let announce: BTreeMap<Ipv4Addr, BTreeSet<String>> = want
         .iter()
+        .filter(|(_, a)| !a.standby)
         .map(|(vip, a)| (*vip, a.interfaces.clone()))
         .collect();
     let entries = desired_entries(&announce, &up);
@@ -204,7 +206,11 @@ impl Announcer {
         }
         // The responder stays attached where nothing is announced any more: it answers nothing
         // there, and keeping it avoids a detach/attach churn when VIPs come back.
-        self.want = want.clone();
+        self.want = want
+            .iter()
+            .filter(|(_, a)| !a.standby)
+            .map(|(v, a)| (*v, a.clone()))
+            .collect();
         Ok(report)
     }
 
@@ -573,7 +579,7 @@ impl L2Agent {
         }
         self.status.answering = self.ann.answering();
         self.status.lease_left_ms = self.ann.lease_until().saturating_sub(now) / 1_000_000;
-        if entries || self.status.announced.is_empty() != intent.l2.is_empty() {
+        if entries || self.status.announced.is_empty() == intent.l2.values().any(|a| !a.standby) {
             self.status.announced = self.ann.list()?;
         }
         Ok(writes)
@@ -609,6 +615,7 @@ mod tests {
                 vip,
                 service: ServiceName::new("default", "web"),
                 interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+                standby: false,
             },
         )
     }
@@ -631,6 +638,11 @@ mod tests {
         assert_eq!(ifaces, BTreeSet::from([("eth0".to_string(), 2)]));
         let (none, no_ifaces) = plan(&BTreeMap::new(), &links);
         assert!(none.is_empty() && no_ifaces.is_empty());
+        // A standby entry answers no ARP (the load balancer serves its flooded frames).
+        let mut standby = ann([172, 18, 250, 2], &["eth0"]);
+        standby.1.standby = true;
+        let (sb, sb_ifaces) = plan(&[standby].into(), &links);
+        assert!(sb.is_empty() && sb_ifaces.is_empty(), "{sb:?}");
     }
 
     #[test]

@@ -197,6 +197,7 @@ fn want() -> BTreeMap<Ipv4Addr, L2Announcement> {
             vip: VIP,
             service: ServiceName::new("default", "deathstar-lb"),
             interfaces: ["eth0".to_string()].into(),
+            standby: false,
         },
     )]
     .into()

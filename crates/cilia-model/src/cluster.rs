@@ -138,20 +138,33 @@ impl ClusterState {
     /// Every Service's L2 announcer, fenced against hand-overs from lapsing nodes; none when L2
     /// announcements are off.
     pub fn l2_choices(&self) -> BTreeMap<crate::service::ServiceName, crate::l2::L2Choice> {
+        self.l2_plan().0
+    }
+
+    /// The L2 choice (fenced, as [`Self::l2_choices`]) and the choice before any fence, from which
+    /// the standbys of fenced Services come (see [`crate::l2::node_l2_entries`]).
+    #[allow(clippy::type_complexity)]
+    pub fn l2_plan(
+        &self,
+    ) -> (
+        BTreeMap<crate::service::ServiceName, crate::l2::L2Choice>,
+        BTreeMap<crate::service::ServiceName, crate::l2::L2Choice>,
+    ) {
         if !self.datapath.l2_announcements || self.l2_policies.is_empty() {
-            return BTreeMap::new();
+            return Default::default();
         }
-        let mut c = crate::l2::choose_announcers_fenced(
+        let nodes = self.l2_nodes();
+        let unfenced = crate::l2::choose_announcers(
             &self.l2_policies,
-            &self.l2_nodes(),
+            &nodes,
             &self.services,
             &self.endpoint_slices,
-            &self.l2_holders,
         );
+        let mut c = crate::l2::fence(unfenced.clone(), &nodes, &self.l2_holders);
         if !self.l2_fenced.is_empty() {
             c.retain(|svc, _| !self.l2_fenced.contains(&svc.to_string()));
         }
-        c
+        (c, unfenced)
     }
 }
 

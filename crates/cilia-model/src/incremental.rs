@@ -45,6 +45,8 @@ pub struct ClusterIntents {
     /// L2 inputs besides Services, slices and nodes, and the choice they gave.
     l2_in: Option<L2Inputs>,
     l2_choices: BTreeMap<ServiceName, L2Choice>,
+    /// The choice before fences (standbys of fenced Services).
+    l2_unfenced: BTreeMap<ServiceName, L2Choice>,
     l2_by_node: BTreeMap<String, Arc<L2Map>>,
     /// Policy inputs besides nodes, and each node's compiled policy.
     policy_in: Option<PolicyInputs>,
@@ -341,19 +343,14 @@ impl ClusterIntents {
             return false;
         }
         self.l2_in = Some(inputs);
-        let choices = cluster.l2_choices();
-        if choices == self.l2_choices && !nodes_changed {
+        let (choices, unfenced) = cluster.l2_plan();
+        if choices == self.l2_choices && unfenced == self.l2_unfenced && !nodes_changed {
             return false;
         }
-        let mut by_node: BTreeMap<String, L2Map> = BTreeMap::new();
-        for c in choices.values() {
-            let m = by_node.entry(c.node.clone()).or_default();
-            for a in &c.announcements {
-                m.entry(a.vip).or_insert_with(|| a.clone());
-            }
-        }
+        let by_node: BTreeMap<String, L2Map> = crate::l2::node_l2_entries(&choices, &unfenced);
         self.l2_by_node = by_node.into_iter().map(|(n, m)| (n, Arc::new(m))).collect();
         self.l2_choices = choices;
+        self.l2_unfenced = unfenced;
         true
     }
 

@@ -109,10 +109,12 @@ pub fn node_intent(cluster: &ClusterState, node: &str) -> Result<NodeIntent, Int
         routes: Arc::new(routes(cluster, me)),
         services: crate::service::services(cluster),
         datapath: cluster.datapath.clone(),
-        l2: Arc::new(crate::l2::node_announcements(
-            &cluster.l2_choices(),
-            &me.name,
-        )),
+        l2: Arc::new({
+            let (choices, unfenced) = cluster.l2_plan();
+            crate::l2::node_l2_entries(&choices, &unfenced)
+                .remove(&me.name)
+                .unwrap_or_default()
+        }),
         policy: Arc::new(node_policy(cluster, &me.name)),
     })
 }

@@ -131,13 +131,31 @@ pub struct L2Announcement {
     pub service: ServiceName,
     /// Interfaces to answer ARP on (matching, up).
     pub interfaces: BTreeSet<String>,
+    /// This node does not answer ARP for the VIP: it is the Service's standby (see [`L2Choice`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
-/// The chosen announcer of one Service.
+/// The chosen announcer of one Service, and its standby.
+///
+/// The standby answers no ARP. Its datapath serves the frames for the VIP that a switch floods
+/// because it does not know their destination MAC: after the announcer's link went down its
+/// clients keep sending to its MAC until the new announcer's gratuitous ARP, and the switch, whose
+/// port for that MAC is gone, floods them. Exactly one node serving those frames (rather than every
+/// node, or none until the operator has moved the VIP) keeps a failover short without copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct L2Choice {
     pub node: String,
     pub announcements: Vec<L2Announcement>,
+    /// The runner-up of the choice (none when only one node is eligible).
+    pub standby: Option<L2Standby>,
+}
+
+/// A Service's standby node and the interfaces it would announce on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Standby {
+    pub node: String,
+    pub interfaces: BTreeSet<String>,
 }
 
 /// Whether LB-IPAM's L2 class (or no class) lets the L2 announcer serve `svc`.
@@ -227,18 +245,23 @@ pub fn choose_announcers(
             }
         }
         let name = svc.service_name();
-        let Some((node, (ifaces, vips))) = candidates
-            .into_iter()
-            .max_by(|a, b| score(&name, a.0).cmp(&score(&name, b.0)))
-        else {
+        let mut ranked: Vec<_> = candidates.into_iter().collect();
+        ranked.sort_by_key(|c| std::cmp::Reverse(score(&name, c.0)));
+        let mut ranked = ranked.into_iter();
+        let Some((node, (ifaces, vips))) = ranked.next() else {
             continue;
         };
+        let standby = ranked.next().map(|(n, (ifaces, _))| L2Standby {
+            node: n.to_string(),
+            interfaces: ifaces,
+        });
         let announcements = vips
             .into_iter()
             .map(|vip| L2Announcement {
                 vip,
                 service: name.clone(),
                 interfaces: ifaces.clone(),
+                standby: false,
             })
             .collect();
         out.insert(
@@ -246,6 +269,7 @@ pub fn choose_announcers(
             L2Choice {
                 node: node.to_string(),
                 announcements,
+                standby,
             },
         );
     }
@@ -262,7 +286,19 @@ pub fn choose_announcers_fenced(
     slices: &[EndpointSliceInfo],
     holders: &BTreeMap<String, String>,
 ) -> BTreeMap<ServiceName, L2Choice> {
-    let mut choices = choose_announcers(policies, nodes, services, slices);
+    fence(
+        choose_announcers(policies, nodes, services, slices),
+        nodes,
+        holders,
+    )
+}
+
+/// The fence of [`choose_announcers_fenced`], on choices already made.
+pub fn fence(
+    mut choices: BTreeMap<ServiceName, L2Choice>,
+    nodes: &[L2Node],
+    holders: &BTreeMap<String, String>,
+) -> BTreeMap<ServiceName, L2Choice> {
     let lapsing: BTreeSet<&str> = nodes
         .iter()
         .filter(|n| n.lapsing)
@@ -290,6 +326,48 @@ pub fn node_announcements(
             out.entry(a.vip).or_insert_with(|| a.clone());
         }
     }
+    out
+}
+
+/// Every node's L2 entries, by node and VIP: what it announces (`choices`, fenced), then the VIPs
+/// it stands by for (`standby` entries). A Service fenced out of `choices` (its old announcer may
+/// still answer) has its would-be announcer (`unfenced`) as standby meanwhile: a fence lasts while
+/// the old node's lease runs out, exactly when flooded frames need a server. A node never stands
+/// by for a VIP it announces.
+pub fn node_l2_entries(
+    choices: &BTreeMap<ServiceName, L2Choice>,
+    unfenced: &BTreeMap<ServiceName, L2Choice>,
+) -> BTreeMap<String, BTreeMap<Ipv4Addr, L2Announcement>> {
+    let mut out: BTreeMap<String, BTreeMap<Ipv4Addr, L2Announcement>> = BTreeMap::new();
+    for c in choices.values() {
+        let m = out.entry(c.node.clone()).or_default();
+        for a in &c.announcements {
+            m.entry(a.vip).or_insert_with(|| a.clone());
+        }
+    }
+    for (svc, u) in unfenced {
+        let standby = match choices.get(svc) {
+            Some(c) => c.standby.clone(),
+            None => Some(L2Standby {
+                node: u.node.clone(),
+                interfaces: u
+                    .announcements
+                    .first()
+                    .map(|a| a.interfaces.clone())
+                    .unwrap_or_default(),
+            }),
+        };
+        let Some(sb) = standby else { continue };
+        let m = out.entry(sb.node.clone()).or_default();
+        for a in &u.announcements {
+            m.entry(a.vip).or_insert_with(|| L2Announcement {
+                interfaces: sb.interfaces.clone(),
+                standby: true,
+                ..a.clone()
+            });
+        }
+    }
+    out.retain(|_, m| !m.is_empty());
     out
 }
 
@@ -416,7 +494,12 @@ mod tests {
             for (svc, choice) in &after {
                 assert_eq!(choice.node, "worker2");
                 if before[svc].node == "worker2" {
-                    assert_eq!(before[svc], *choice, "{svc}: unaffected Services stay put");
+                    assert_eq!(
+                        (&before[svc].node, &before[svc].announcements),
+                        (&choice.node, &choice.announcements),
+                        "{svc}: unaffected Services stay put"
+                    );
+                    assert_eq!(choice.standby, None, "{svc}: no other node is eligible");
                 }
             }
         }
@@ -587,7 +670,11 @@ mod tests {
                     "{svc}: nobody until worker lapsed"
                 );
             } else {
-                assert_eq!(fenced[svc], *c, "{svc}: worker2's Services stay put");
+                assert_eq!(
+                    (&fenced[svc].node, &fenced[svc].announcements),
+                    (&c.node, &c.announcements),
+                    "{svc}: worker2's Services stay put"
+                );
             }
         }
         // Lapsed: the fence is gone and worker2 takes everything.
@@ -614,6 +701,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("interface regex \"(\""), "{err}");
+    }
+
+    // Every Service with two eligible nodes has the other worker as standby: its VIPs are standby
+    // entries there (never ARP entries), and never on the control plane (not eligible). While a
+    // lapsing holder fences a Service, its would-be announcer stands by for it.
+    #[test]
+    fn the_runner_up_stands_by() {
+        let services = svcs(20);
+        let c = choose_announcers(&[seed_policy()], &lab_nodes(), &services, &[]);
+        let entries = node_l2_entries(&c, &c);
+        assert!(!entries.contains_key("control-plane"));
+        for (svc, choice) in &c {
+            let sb = choice.standby.as_ref().expect("two eligible workers");
+            assert_ne!(sb.node, choice.node, "{svc}");
+            assert_eq!(sb.interfaces, BTreeSet::from(["eth0".to_string()]));
+            for a in &choice.announcements {
+                assert!(!entries[&choice.node][&a.vip].standby, "{svc}: announced");
+                assert!(entries[&sb.node][&a.vip].standby, "{svc}: standby");
+            }
+        }
+        let announced = |n: &str| entries[n].values().filter(|a| !a.standby).count();
+        assert_eq!(announced("worker") + announced("worker2"), 20);
+        assert_eq!(entries["worker"].len() + entries["worker2"].len(), 40);
+
+        // worker lapses: its Services are fenced (nobody announces them) and worker2 stands by
+        // for them; worker2's own keep their announcer and lose their standby.
+        let holders: BTreeMap<String, String> = c
+            .iter()
+            .map(|(s, c)| (s.to_string(), c.node.clone()))
+            .collect();
+        let mut nodes = lab_nodes();
+        nodes[1].agent_live = false;
+        nodes[1].lapsing = true;
+        let unfenced = choose_announcers(&[seed_policy()], &nodes, &services, &[]);
+        let fenced = fence(unfenced.clone(), &nodes, &holders);
+        let during = node_l2_entries(&fenced, &unfenced);
+        assert_eq!(during.keys().collect::<Vec<_>>(), vec!["worker2"]);
+        for (svc, choice) in &c {
+            for a in &choice.announcements {
+                assert_eq!(
+                    during["worker2"][&a.vip].standby,
+                    choice.node == "worker",
+                    "{svc}: worker2 stands by exactly for the fenced Services"
+                );
+            }
+        }
     }
 
     #[test]

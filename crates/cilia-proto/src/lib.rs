@@ -567,6 +567,7 @@ fn l2_to_proto(a: &L2Announcement) -> v1::L2Announcement {
         namespace: a.service.namespace.clone(),
         name: a.service.name.clone(),
         interfaces: a.interfaces.iter().cloned().collect(),
+        standby: a.standby,
     }
 }
 
@@ -586,6 +587,7 @@ fn l2_from_proto(field: &str, a: &v1::L2Announcement) -> Result<L2Announcement, 
         vip: ip(&f("vip"), &a.vip)?,
         service: ServiceName::new(&a.namespace, &a.name),
         interfaces,
+        standby: a.standby,
     })
 }
 
@@ -1465,6 +1467,13 @@ mod tests {
                 vip: Ipv4Addr::new(172, 18, 250, 0),
                 service: ServiceName::new("default", "deathstar-lb"),
                 interfaces: ["eth0".to_string()].into(),
+                standby: false,
+            }),
+            Entry::L2(L2Announcement {
+                vip: Ipv4Addr::new(172, 18, 250, 1),
+                service: ServiceName::new("default", "deathstar-lb"),
+                interfaces: ["eth0".to_string()].into(),
+                standby: true,
             }),
             Entry::Identity(IdentityEntry {
                 cidr: "10.244.1.0/24".parse().unwrap(),
@@ -1499,7 +1508,12 @@ mod tests {
         let mut all = vec![Entry::Node(facts())];
         all.extend(policy_entries());
         let intent = cilia_model::NodeIntent::from_entries(&all).unwrap();
-        assert_eq!(intent.l2.len(), 1);
+        assert_eq!(intent.l2.len(), 2);
+        assert_eq!(
+            intent.l2.values().filter(|a| a.standby).count(),
+            1,
+            "a standby entry stays one"
+        );
         assert_eq!(intent.policy.endpoints.len(), 2);
         let back = snapshot_from_proto(&snapshot_to_proto(4, &intent)).unwrap();
         assert_eq!(back, intent);
@@ -1523,7 +1537,7 @@ mod tests {
         assert_eq!(l2_with(&|a| a.interfaces = vec![]), "u[0].l2.interfaces");
         assert_eq!(l2_with(&|a| a.vip = "x".into()), "u[0].l2.vip");
         let ep_with = |f: &dyn Fn(&mut v1::PolicyEndpoint)| {
-            let mut e = entry_to_proto(&entries[2]);
+            let mut e = entry_to_proto(&entries[3]);
             if let Some(v1::entry::Entry::PolicyEndpoint(p)) = &mut e.entry {
                 f(p);
             }

@@ -222,7 +222,11 @@ fn generated_clusters_announce_and_enforce() {
             .current();
         let mut ci = ClusterIntents::new();
         ci.update(&c);
-        l2 += ci.intents().values().filter(|i| !i.l2.is_empty()).count();
+        l2 += ci
+            .intents()
+            .values()
+            .filter(|i| i.l2.values().any(|a| !a.standby))
+            .count();
         pol += ci
             .intents()
             .values()

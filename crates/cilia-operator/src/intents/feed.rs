@@ -181,6 +181,7 @@ mod tests {
         L2Choice {
             node: node.into(),
             announcements: vec![],
+            standby: None,
         }
     }
 

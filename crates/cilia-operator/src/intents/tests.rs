@@ -514,18 +514,23 @@ async fn l2_agent(s: &Served, node: &str, up: &[&str]) -> tokio::task::JoinHandl
     })
 }
 
-/// The nodes whose intent announces `vip`.
-fn announcers(s: &Served, vip: Ipv4Addr) -> Vec<String> {
+/// The nodes whose intent announces `vip` (`standby` false), or stands by for it (true).
+fn l2_nodes(s: &Served, vip: Ipv4Addr, standby: bool) -> Vec<String> {
     let idx = s.index.lock().unwrap();
     ["control-plane", "worker", "worker2"]
         .into_iter()
         .filter(|n| {
             idx.view(n)
                 .and_then(|v| v.intent)
-                .is_some_and(|p| p.intent.l2.contains_key(&vip))
+                .is_some_and(|p| p.intent.l2.get(&vip).is_some_and(|a| a.standby == standby))
         })
         .map(String::from)
         .collect()
+}
+
+/// The nodes whose intent announces `vip`.
+fn announcers(s: &Served, vip: Ipv4Addr) -> Vec<String> {
+    l2_nodes(s, vip, false)
 }
 
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -553,6 +558,16 @@ async fn two_workers(
     let w2 = l2_agent(s, "worker2", &["eth0"]).await;
     wait_for("one announcer", || announcers(s, vip).len() == 1).await;
     let first = announcers(s, vip).remove(0);
+    // The other worker stands by: it serves the VIP's flooded frames, and answers no ARP.
+    let other = if first == "worker" {
+        "worker2"
+    } else {
+        "worker"
+    };
+    wait_for("the other worker standing by", || {
+        l2_nodes(s, vip, true) == vec![other.to_string()]
+    })
+    .await;
     if first == "worker" {
         (first, w1, w2)
     } else {
