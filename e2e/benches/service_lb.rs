@@ -23,7 +23,8 @@ use aya::{Ebpf, EbpfLoader, Pod};
 use cilia_datapath::lb::{assign_backend_ids, desired_entries, lb_diff};
 use cilia_datapath::lb_bpf::{BENCH_XDP_OBJ, LbDatapath, LbMapSizes, XDP_LB_PROG};
 use cilia_datapath::lb_fixtures::{
-    MAGLEV, TestNet, VIP_DSR, bench_frames, in_test_net, node_config, scaled_world, xdp_ctx,
+    MAGLEV, TestNet, VIP_DSR, bench_frames, in_test_net, node_config, scaled_world, seed_node_dev,
+    xdp_ctx,
 };
 use cilia_datapath::lb_maps::LbCounter;
 use cilia_datapath::testrun::test_run;
@@ -433,6 +434,7 @@ fn seeded(pin: &Path, n: usize) -> Result<LbDatapath, Err> {
     };
     let mut dp = LbDatapath::load(pin, &sizes)?;
     dp.set_config(&node_config())?;
+    seed_node_dev(&mut dp)?;
     let ids = assign_backend_ids(&services, &BTreeMap::new());
     let want = desired_entries(&services, &ids, MAGLEV)?;
     dp.apply(&lb_diff(&want, &Default::default()), MAGLEV)?;

@@ -34,6 +34,13 @@ static __always_inline __u32 ctx_ifindex(lb_ctx *ctx)
 	return ctx->ifindex;
 }
 
+/* A unicast frame for another host's MAC (PACKET_OTHERHOST, set by eth_type_trans). */
+#define CTX_HAS_PKT_TYPE 1
+static __always_inline int ctx_other_host(lb_ctx *ctx)
+{
+	return ctx->pkt_type == 3; /* PACKET_OTHERHOST */
+}
+
 /* Makes the headers linear so they can be read directly. */
 static __always_inline void ctx_pull(lb_ctx *ctx)
 {

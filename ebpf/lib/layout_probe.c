@@ -79,6 +79,8 @@ int main(void)
 	OFF(lb4_affinity_entry, backend_id);
 	OFF(lb4_affinity_entry, last_used_ns);
 	SIZE(lb_fib_memo);
+	SIZE(lb_dev);
+	OFF(lb_dev, mac);
 	SIZE(lb_config);
 	OFF(lb_config, node_addr);
 	OFF(lb_config, node_mac);
@@ -101,6 +103,8 @@ int main(void)
 	CONST(CILIA_LB_COUNTERS_MAX);
 	CONST(CILIA_LB_FRAG_MAX);
 	CONST(CILIA_LB_FIB_MEMO_SLOTS);
+	CONST(CILIA_LB_DEV_SLOTS);
+	CONST(CILIA_LB_STANDBY_MAX);
 	CONST(CILIA_LB_AFFINITY_MAX);
 	CONST(LB_SCOPE_EXT);
 	CONST(LB_SCOPE_INT);

@@ -6,6 +6,7 @@
 #define CILIA_LB_H
 
 #include "lb_maps.h"
+#include "l2.h"
 #include "parse.h"
 
 /* Candidate SNAT ports tried for a new flow before it is dropped as "no port". */
@@ -889,6 +890,64 @@ static __always_inline int lb4_rev_dnat(lb_ctx *ctx, struct pkt4 *p, const struc
 	return lb4_xmit_memo(ctx, p, cfg, now, memo);
 }
 
+/* Whether the frame is addressed to another host's MAC: a switch flooded it (see cilia_lb_dev). */
+static __always_inline int lb_other_host(lb_ctx *ctx)
+{
+#ifdef CTX_HAS_PKT_TYPE
+	return ctx_other_host(ctx);
+#else
+	__u8 *d = ctx_data(ctx);
+	__u32 key = ctx_ifindex(ctx);
+	const struct lb_dev *dev;
+
+	if ((void *)(d + 6) > ctx_data_end(ctx) || (d[0] & 1))
+		return 0; /* runt (parse judges it), broadcast or multicast */
+	dev = bpf_map_lookup_elem(&cilia_lb_dev, &key);
+	if (!dev || !(dev->mac[0] | dev->mac[1] | dev->mac[2] | dev->mac[3] | dev->mac[4] |
+		      dev->mac[5]))
+		return 0;
+	return ((d[0] ^ dev->mac[0]) | (d[1] ^ dev->mac[1]) | (d[2] ^ dev->mac[2]) |
+		(d[3] ^ dev->mac[3]) | (d[4] ^ dev->mac[4]) | (d[5] ^ dev->mac[5])) != 0;
+#endif
+}
+
+/* Whether this node serves a frame for `vip` that arrived on `ifindex` addressed to another host's
+ * MAC (flooded by a switch): only when it announces the VIP there or is its standby, and only
+ * while its L2 lease runs (the operator still speaks to it, so that role is current). After the
+ * announcer's link went down its clients keep using its MAC until the new announcer's gratuitous
+ * ARP, and the switch floods those frames: the standby (the operator's runner-up, or the
+ * would-be announcer while the old one's lease runs out) serves them at once, and nobody else does,
+ * so no backend gets a copy from every node. Off the hot path: frames for the node's own MAC never
+ * get here. */
+static __always_inline int lb_serves_flooded(__be32 vip, __u32 ifindex)
+{
+	struct l2_responder_key k = { .ip4 = vip, .ifindex = ifindex };
+	const struct l2_lease *l;
+	__u32 zero = 0;
+
+	if (!bpf_map_lookup_elem(&cilia_l2_responder_v4, &k) &&
+	    !bpf_map_lookup_elem(&cilia_lb_standby, &vip))
+		return 0;
+	l = bpf_map_lookup_elem(&cilia_l2_lease, &zero);
+	return l && bpf_ktime_get_ns() < l->expires_ns;
+}
+
+/* Makes a served frame for another MAC the node's own, so every later step (the stack included,
+ * which drops PACKET_OTHERHOST) treats it as addressed here. */
+static __always_inline void lb_claim_frame(lb_ctx *ctx)
+{
+#ifdef CTX_HAS_PKT_TYPE
+	bpf_skb_change_type(ctx, 0); /* PACKET_HOST */
+#else
+	__u8 *d = ctx_data(ctx);
+	__u32 key = ctx_ifindex(ctx);
+	const struct lb_dev *dev = bpf_map_lookup_elem(&cilia_lb_dev, &key);
+
+	if (dev && (void *)(d + 6) <= ctx_data_end(ctx))
+		__builtin_memcpy(d, dev->mac, 6);
+#endif
+}
+
 /* from_pod: the program runs on a pod's host-side device (see lb4_fwd_mode). */
 static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 {
@@ -900,6 +959,8 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 	struct pkt4 p;
 	int rc;
 
+	int other_host = !from_pod && lb_other_host(ctx);
+
 	ctx_pull(ctx);
 	rc = parse_ipv4(ctx, &p);
 	if (rc == PARSE_NOT_IPV4)
@@ -910,6 +971,14 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 	}
 	if (!cfg)
 		return CTX_PASS;
+	if (other_host) {
+		if (!lb_serves_flooded(p.daddr, ctx_ifindex(ctx))) {
+			lb_count(LB_C_OTHER_HOST);
+			return CTX_PASS;
+		}
+		lb_count(LB_C_OTHER_HOST_SERVED);
+		lb_claim_frame(ctx);
+	}
 	if (p.proto == IPPROTO_ICMP)
 		return lb4_icmp(ctx, &p, cfg);
 	/* Frontends are TCP or UDP; every other protocol is the stack's. */

@@ -48,6 +48,8 @@
 #define CILIA_LB_AFFINITY_MAX 65536
 #define CILIA_LB_COUNTERS_MAX 32
 #define CILIA_LB_FIB_MEMO_SLOTS 256	/* per CPU; a power of two */
+#define CILIA_LB_DEV_SLOTS 4096	/* cilia_lb_dev: ifindexes below this are checked */
+#define CILIA_LB_STANDBY_MAX 16384	/* cilia_lb_standby: VIPs this node stands by for */
 
 /* Lookup scope of a frontend: external traffic (node devices) or in-cluster traffic. */
 #define LB_SCOPE_EXT 0
@@ -262,6 +264,8 @@ enum lb_counter {
 	LB_C_CT_EXPIRED,	/* a conntrack entry past its lifetime: the flow starts over */
 	LB_C_XMIT_REDIRECT,	/* TC: next hop on another device (a pod's veth, another uplink): redirected */
 	LB_C_XDP_TO_TC,		/* XDP: next hop on another device: passed untranslated, TC translates it */
+	LB_C_OTHER_HOST,	/* unicast frame for another host's MAC (flooded by a switch): passed */
+	LB_C_OTHER_HOST_SERVED,	/* the same, to a VIP this node announces or stands by for: served */
 	LB_C_MAX
 };
 
@@ -375,6 +379,34 @@ struct {
 	__type(value, struct lb_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_lb_config SEC(".maps");
+
+/* The MAC of each node device XDP runs on, by ifindex (TC reads skb->pkt_type instead). A switch
+ * floods a unicast frame whose destination it has not learnt (a client still using a failed
+ * announcer's MAC) to every node: only the node owning the MAC, or the one serving flooded frames
+ * for the VIP (lb_serves_flooded), may translate it, or every node on the segment sends its own copy
+ * to a backend. An all-zero slot, or an ifindex past the array, checks nothing. */
+struct lb_dev {
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CILIA_LB_DEV_SLOTS);
+	__type(key, __u32);
+	__type(value, struct lb_dev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lb_dev SEC(".maps");
+
+/* The VIPs this node is the L2 standby of (the operator's runner-up for the Service, or the
+ * would-be announcer while the old one's lease runs out): value 1. See lb_serves_flooded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CILIA_LB_STANDBY_MAX);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lb_standby SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use cilia_datapath::bpf::BpfError;
 use cilia_datapath::lb::{
-    BackendRetention, assign_backend_ids_retaining, desired_entries, lb_diff, stale_affinity,
-    wanted_backends,
+    BackendRetention, assign_backend_ids_retaining, desired_entries, lb_diff, map_diff,
+    stale_affinity, wanted_backends, wanted_dev_macs, wanted_standby_vips,
 };
 use cilia_datapath::lb_bpf::{
     LbDatapath, LbLink, LbLinkKind, LbMapSizes, NODE_TC_PROGS, TC_LB_POD_INGRESS_PROG, XdpAttach,
@@ -94,6 +94,8 @@ pub struct LbStatus {
 /// The agent's load balancer: loaded on first use, maps and links pinned under `pin_dir`.
 pub struct LbAgent {
     pin_dir: PathBuf,
+    /// Where the ARP responder pins its maps (see [`Self::sharing_l2`]).
+    l2_pin_dir: PathBuf,
     sizes: LbMapSizes,
     dp: Option<LbDatapath>,
     /// Devices (name, ifindex) where best-effort native XDP failed: TC only, not retried.
@@ -102,6 +104,10 @@ pub struct LbAgent {
     /// first apply (a restart) and after any failure; in between this is what they hold, so a
     /// resync does not re-read every maglev table entry by entry.
     held: Option<cilia_datapath::lb::LbEntries>,
+    /// What `cilia_lb_dev` holds after the last successful write (read back like `held`).
+    held_dev_macs: Option<BTreeMap<u32, [u8; 6]>>,
+    /// What `cilia_lb_standby` holds after the last successful write (read back like `held`).
+    held_standby: Option<BTreeMap<u32, u32>>,
     pub rows: Vec<ServiceRow>,
     pub status: LbStatus,
     /// Pods' host-side devices (name, ifindex): `cil_lb_pod_ingress` runs on their ingress, so a
@@ -182,11 +188,14 @@ fn accel_name(a: Acceleration) -> &'static str {
 impl LbAgent {
     pub fn new(pin_dir: PathBuf, sizes: LbMapSizes) -> Self {
         LbAgent {
+            l2_pin_dir: pin_dir.clone(),
             pin_dir,
             sizes,
             dp: None,
             best_effort_failed: BTreeSet::new(),
             held: None,
+            held_dev_macs: None,
+            held_standby: None,
             rows: Vec::new(),
             status: LbStatus::default(),
             pod_devices: BTreeSet::new(),
@@ -195,6 +204,14 @@ impl LbAgent {
             next_ct_scan: None,
             affinity_recheck: false,
         }
+    }
+
+    /// Shares the ARP responder's maps pinned under `l2_pin_dir`, so frames a switch floods to
+    /// this node for another MAC are served where this node announces their VIP or stands by for
+    /// it (by default the load balancer pins copies of its own: only standbys are served).
+    pub fn sharing_l2(mut self, l2_pin_dir: PathBuf) -> Self {
+        self.l2_pin_dir = l2_pin_dir;
+        self
     }
 
     /// Remembers the pod devices for the next [`Self::apply`] (which attaches and removes their
@@ -270,7 +287,11 @@ impl LbAgent {
 
     fn datapath(&mut self) -> Result<&mut LbDatapath, BpfError> {
         if self.dp.is_none() {
-            self.dp = Some(LbDatapath::load(&self.pin_dir, &self.sizes)?);
+            self.dp = Some(LbDatapath::load_sharing_l2(
+                &self.pin_dir,
+                &self.sizes,
+                &self.l2_pin_dir,
+            )?);
             info!(pin_dir = %self.pin_dir.display(), "load-balancer programs loaded");
         }
         Ok(self.dp.as_mut().expect("just loaded"))
@@ -314,6 +335,8 @@ impl LbAgent {
         let r = self.apply_inner(intent);
         if r.is_err() {
             self.held = None;
+            self.held_dev_macs = None;
+            self.held_standby = None;
         }
         r
     }
@@ -412,6 +435,45 @@ impl LbAgent {
             writes += 1;
             info!(node_ip = %intent.node_ip, "load-balancer node config written");
         }
+        // Before any XDP link: XDP translates only frames for its device's MAC (a switch floods
+        // frames for a MAC it has not learnt to every node).
+        let want_macs = wanted_dev_macs(devices.iter().map(|d| (d.1, d.3)));
+        let cur_macs = match self.held_dev_macs.take() {
+            Some(m) => m,
+            None => dp.dev_macs()?,
+        };
+        let mac_diff = map_diff(&want_macs, &cur_macs);
+        if !mac_diff.is_empty() {
+            dp.apply_dev_macs(&mac_diff)?;
+            writes += mac_diff.len() as u64;
+            info!(
+                devices = want_macs.len(),
+                "load-balancer device MACs written"
+            );
+        }
+        self.held_dev_macs = Some(want_macs);
+        // The VIPs this node stands by for (L2): it serves their flooded frames.
+        let want_standby = wanted_standby_vips(
+            intent
+                .l2
+                .iter()
+                .filter(|(_, a)| a.standby)
+                .map(|(vip, _)| vip),
+        );
+        let cur_standby = match self.held_standby.take() {
+            Some(m) => m,
+            None => dp.standby_vips()?,
+        };
+        let standby_diff = map_diff(&want_standby, &cur_standby);
+        if !standby_diff.is_empty() {
+            dp.apply_standby(&standby_diff)?;
+            writes += standby_diff.len() as u64;
+            info!(
+                vips = want_standby.len(),
+                "load-balancer L2 standby VIPs written"
+            );
+        }
+        self.held_standby = Some(want_standby);
         let diff = lb_diff(&want, &current);
         if !diff.is_empty() {
             dp.apply(&diff, maglev)?;

@@ -80,6 +80,11 @@ struct Args {
 /// How often the agent re-lists the node's links to release programs of vanished pod devices.
 const ENDPOINT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Where the ARP responder pins its maps (the load balancer reads them too).
+fn l2_pin_dir(bpf_root: &std::path::Path) -> PathBuf {
+    bpf_root.join("l2")
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
@@ -141,7 +146,8 @@ async fn main() -> anyhow::Result<()> {
         lb: LbAgent::new(
             lb_pin_dir(&args.bpf_root),
             cilia_datapath::lb_bpf::LbMapSizes::default(),
-        ),
+        )
+        .sharing_l2(l2_pin_dir(&args.bpf_root)),
         masq: cilia_agent::masq::MasqAgent::new(
             cilia_agent::masq::masq_pin_dir(&args.bpf_root),
             cilia_datapath::masq_bpf::MasqMapSizes::default(),
@@ -153,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
 
     // L2 announcements: the ARP responder, and a link monitor whose up interfaces go to the
     // operator and decide where the responder answers.
-    let l2_pin = args.bpf_root.join("l2");
+    let l2_pin = l2_pin_dir(&args.bpf_root);
     let mut l2 = L2Agent::load(&l2_pin).context("loading the ARP responder")?;
     let (links_tx, links_rx) = watch::channel(
         cilia_datapath::l2::link_states()

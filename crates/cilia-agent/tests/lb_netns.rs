@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use cilia_agent::lb::LbAgent;
 use cilia_datapath::lb_bpf::{LbMapSizes, read_lb_entries};
+use cilia_model::l2::L2Announcement;
 use cilia_model::service::{
     Acceleration, BackendIntent, DatapathConfig, FrontendIntent, FrontendKind, LbAlgorithm, LbMode,
     Protocol, ServiceIntent, ServiceMap, ServiceName,
@@ -371,6 +372,20 @@ fn intent(node: &str, ip: Ipv4Addr, dev: &str, accel: Acceleration) -> NodeInten
             LbMode::Dsr,
         ),
     ]);
+    // L2: this node announces VIP_SNAT (the ARP responder's business) and stands by for VIP_DSR
+    // (the load balancer serves that VIP's flooded frames).
+    let l2 = |vip, standby| {
+        (
+            vip,
+            L2Announcement {
+                vip,
+                service: ServiceName::new("default", "web"),
+                interfaces: [dev.to_string()].into(),
+                standby,
+            },
+        )
+    };
+    i.l2 = std::sync::Arc::new([l2(VIP_SNAT, false), l2(VIP_DSR, true)].into());
     i
 }
 
@@ -531,6 +546,44 @@ fn services_through_namespaces() {
         ("n0", "Native")
     );
     assert_eq!(node.call(|a| a.rows.len()), 4);
+    // XDP knows n0's MAC: it serves only frames addressed to this node (a switch floods others).
+    let n0_mac = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        nss.n(),
+        "cat",
+        "/sys/class/net/n0/address",
+    ])
+    .expect("n0's MAC");
+    let n0_index = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        nss.n(),
+        "cat",
+        "/sys/class/net/n0/ifindex",
+    ])
+    .expect("n0's ifindex");
+    let standby = node.call(|a| a.loaded().expect("loaded").standby_vips().unwrap());
+    assert_eq!(
+        standby,
+        [(cilia_datapath::lb_maps::be32(VIP_DSR), 1)].into(),
+        "exactly the standby VIPs"
+    );
+    let macs = node.call(|a| a.loaded().expect("loaded").dev_macs().expect("dev MACs"));
+    let fmt = |m: &[u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    assert_eq!(
+        macs.iter()
+            .map(|(i, m)| (i.to_string(), fmt(m)))
+            .collect::<Vec<_>>(),
+        vec![(n0_index.trim().to_string(), n0_mac.trim().to_string())]
+    );
     // What `cilia-dbg bpf lb list` prints from the pins (ids by frontend order).
     let list = cilia_datapath::lb::format_lb_list(&read_lb_entries(&node_pin.0).unwrap());
     let rows: Vec<Vec<&str>> = list

@@ -569,6 +569,33 @@ pub fn map_diff<K: Ord + Clone, V: PartialEq + Clone>(
     }
 }
 
+/// What `cilia_lb_dev` should hold for the load balancer's node devices (ifindex, MAC): every device
+/// with an ifindex the array covers and a MAC (not all zero). Frames XDP sees on the others are
+/// not checked for their destination MAC.
+pub fn wanted_dev_macs(
+    devices: impl IntoIterator<Item = (u32, [u8; 6])>,
+) -> BTreeMap<u32, [u8; 6]> {
+    devices
+        .into_iter()
+        .filter(|(idx, mac)| *idx < crate::lb_maps::LB_DEV_SLOTS && *mac != [0; 6])
+        .collect()
+}
+
+/// What `cilia_lb_standby` should hold: the VIPs (network order) of the node's standby L2 entries,
+/// as many as the map takes (lowest addresses first; the rest are served by nobody when flooded,
+/// as before standbys existed).
+pub fn wanted_standby_vips<'a>(
+    standby: impl IntoIterator<Item = &'a Ipv4Addr>,
+) -> BTreeMap<u32, u32> {
+    let mut v: Vec<Ipv4Addr> = standby.into_iter().copied().collect();
+    v.sort();
+    v.dedup();
+    v.into_iter()
+        .take(crate::lb_maps::LB_STANDBY_MAX as usize)
+        .map(|a| (crate::lb_maps::be32(a), 1))
+        .collect()
+}
+
 /// The writes to every load-balancing map. Applied in an order that never lets the datapath see a
 /// slot without its backend, or a service count larger than its slots: backends, rev-NAT and maglev
 /// upserts first, then slot upserts before service (slot 0) upserts; deletes the other way round.
@@ -737,6 +764,30 @@ pub fn format_lb_list(e: &LbEntries) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_macs_cover_devices_the_array_holds() {
+        let m = [2, 0, 0, 0, 0, 7];
+        let want = wanted_dev_macs([
+            (3, m),
+            (4, [0; 6]),
+            (crate::lb_maps::LB_DEV_SLOTS - 1, m),
+            (crate::lb_maps::LB_DEV_SLOTS, m),
+        ]);
+        assert_eq!(
+            want.into_iter().collect::<Vec<_>>(),
+            vec![(3, m), (crate::lb_maps::LB_DEV_SLOTS - 1, m)],
+            "no MAC (a tunnel device) or past the array: not checked"
+        );
+        // A device renumbered (recreated): the old slot is cleared, the new one written.
+        let current = wanted_dev_macs([(3, m)]);
+        let d = map_diff(&wanted_dev_macs([(9, m)]), &current);
+        assert_eq!((d.upserts, d.deletes), (vec![(9, m)], vec![3]));
+        assert!(
+            map_diff(&current, &current).is_empty(),
+            "a restart writes nothing"
+        );
+    }
 
     const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 

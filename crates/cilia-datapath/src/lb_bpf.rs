@@ -14,10 +14,11 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader, Pod};
 
 use crate::bpf::BpfError;
-use crate::lb::{LbDiff, LbEntries};
+use crate::lb::{LbDiff, LbEntries, MapDiff};
 use crate::lb_maglev::MaglevParams;
 use crate::lb_maps::{
-    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Lb4Tuple, LbConfig, LbCounter,
+    LB_DEV_SLOTS, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Lb4Tuple, LbConfig, LbCounter,
+    LbDev,
 };
 use crate::maps::c;
 
@@ -55,6 +56,8 @@ pub const FRAG_MAP: &str = "cilia_lb4_frag";
 pub const AFFINITY_MAP: &str = "cilia_lb4_affinity";
 pub const CONFIG_MAP: &str = "cilia_lb_config";
 pub const COUNTERS_MAP: &str = "cilia_lb_counters";
+pub const DEV_MAP: &str = "cilia_lb_dev";
+pub const STANDBY_MAP: &str = "cilia_lb_standby";
 
 const LINKS_DIR: &str = "links";
 /// `BPF_F_INNER_MAP`: inner maglev tables may differ in size from the object's template.
@@ -205,14 +208,29 @@ pub struct LbDatapath {
 impl LbDatapath {
     /// Loads both objects. Maps already pinned under `pin_dir` are reused as they are (contents and
     /// sizes), so a restart keeps every service and flow.
+    /// The L2 announcement maps (see [`Self::load_sharing_l2`]) are pinned under `pin_dir` too.
     pub fn load(pin_dir: &Path, sizes: &LbMapSizes) -> Result<Self, BpfError> {
-        std::fs::create_dir_all(pin_dir.join(LINKS_DIR)).map_err(|source| BpfError::PinDir {
-            path: pin_dir.to_path_buf(),
-            source,
-        })?;
+        Self::load_sharing_l2(pin_dir, sizes, pin_dir)
+    }
+
+    /// [`Self::load`], sharing the ARP responder's maps pinned under `l2_pin_dir` (its table and
+    /// lease, read only here): a frame for another host's MAC is served only where this node
+    /// announces its VIP or stands by for it, within the lease (`lb_serves_flooded` in lb.h).
+    pub fn load_sharing_l2(
+        pin_dir: &Path,
+        sizes: &LbMapSizes,
+        l2_pin_dir: &Path,
+    ) -> Result<Self, BpfError> {
+        for dir in [pin_dir.join(LINKS_DIR), l2_pin_dir.to_path_buf()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| BpfError::PinDir { path: dir, source })?;
+        }
         let load = |obj: &[u8]| {
             let mut l = EbpfLoader::new();
             l.default_map_pin_directory(pin_dir);
+            for name in [crate::l2::L2_RESPONDER_MAP, crate::l2::L2_LEASE_MAP] {
+                l.map_pin_path(name, l2_pin_dir.join(name));
+            }
             sizes.apply(&mut l);
             l.load(obj)
         };
@@ -301,6 +319,62 @@ impl LbDatapath {
         let mut a: Array<&mut MapData, LbConfig> =
             Array::try_from(self.map_mut(CONFIG_MAP)).map_err(map_err(CONFIG_MAP))?;
         a.set(0, cfg, 0).map_err(map_err(CONFIG_MAP))
+    }
+
+    /// The node devices' MACs XDP checks destinations against (`cilia_lb_dev`, set slots only).
+    pub fn dev_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, BpfError> {
+        let a: Array<&MapData, LbDev> =
+            Array::try_from(self.map(DEV_MAP)).map_err(map_err(DEV_MAP))?;
+        let mut out = BTreeMap::new();
+        for idx in 0..LB_DEV_SLOTS {
+            let d = a.get(&idx, 0).map_err(map_err(DEV_MAP))?;
+            if d.mac != [0; 6] {
+                out.insert(idx, d.mac);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a [`crate::lb::wanted_dev_macs`] diff; a deleted slot is zeroed (checks nothing).
+    pub fn apply_dev_macs(&mut self, diff: &MapDiff<u32, [u8; 6]>) -> Result<(), BpfError> {
+        let mut a: Array<&mut MapData, LbDev> =
+            Array::try_from(self.map_mut(DEV_MAP)).map_err(map_err(DEV_MAP))?;
+        for (idx, mac) in &diff.upserts {
+            a.set(
+                *idx,
+                LbDev {
+                    mac: *mac,
+                    pad: [0; 2],
+                },
+                0,
+            )
+            .map_err(map_err(DEV_MAP))?;
+        }
+        for idx in &diff.deletes {
+            a.set(*idx, LbDev::default(), 0).map_err(map_err(DEV_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// The VIPs this node stands by for (`cilia_lb_standby`).
+    pub fn standby_vips(&self) -> Result<BTreeMap<u32, u32>, BpfError> {
+        hash_entries(self.map(STANDBY_MAP), STANDBY_MAP)
+    }
+
+    /// Writes a [`crate::lb::wanted_standby_vips`] diff.
+    pub fn apply_standby(&mut self, diff: &MapDiff<u32, u32>) -> Result<(), BpfError> {
+        let mut h: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.map_mut(STANDBY_MAP)).map_err(map_err(STANDBY_MAP))?;
+        for k in &diff.deletes {
+            match h.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(STANDBY_MAP)(e)),
+            }
+        }
+        for (k, v) in &diff.upserts {
+            h.insert(k, v, 0).map_err(map_err(STANDBY_MAP))?;
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> Result<LbConfig, BpfError> {

@@ -7,10 +7,12 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use crate::bpf::BpfError;
 use crate::lb::{
     Backend, Frontend, LbAlgorithm, LbMode, NoBackendResponse, Proto, ServiceSpec, flow_hash,
-    snat_port_candidate,
+    map_diff, snat_port_candidate, wanted_dev_macs,
 };
+use crate::lb_bpf::LbDatapath;
 use crate::lb_maglev::MaglevParams;
 use crate::lb_maps::{Lb4Tuple, LbConfig, LbCounter, be32};
 use crate::maps::c;
@@ -742,6 +744,15 @@ pub fn in_test_net<T: Send + 'static>(
     .map_err(|_| io::Error::other("test thread panicked"))?
 }
 
+/// Writes what the agent writes for the node device: `lb0`'s MAC in `cilia_lb_dev`, so XDP checks
+/// destinations as on a node (outside [`in_test_net`] there is no `lb0` and nothing is written).
+pub fn seed_node_dev(dp: &mut LbDatapath) -> Result<(), BpfError> {
+    let want = ifindex("lb0")
+        .map(|i| wanted_dev_macs([(i, NODE_MAC)]))
+        .unwrap_or_default();
+    dp.apply_dev_macs(&map_diff(&want, &Default::default()))
+}
+
 /// What a row expects. `None` fields are not checked.
 #[derive(Debug, Clone, Default)]
 pub struct Expect {
@@ -1216,6 +1227,37 @@ pub fn lb_cases() -> Vec<LbCase> {
                 verdict: Some(Verdict::Pass),
                 unchanged: true,
                 counters: vec![LbCounter::Miss],
+                ..Default::default()
+            },
+        ),
+        // A frame for a VIP but another host's MAC, flooded by a switch that has not learnt that
+        // MAC (a client still using a failed-over announcer's): that host's to serve, not ours.
+        row(
+            "frame_for_another_hosts_mac_passes",
+            FrameSpec {
+                dst_mac: PEER_NODE_MAC,
+                ..FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_SYN)
+            },
+            Expect {
+                verdict: Some(Verdict::Pass),
+                unchanged: true,
+                counters: vec![LbCounter::OtherHost],
+                ..Default::default()
+            },
+        ),
+        // Broadcast and multicast destinations are checked as usual (here: a hit).
+        row(
+            "broadcast_frame_to_a_vip_is_served",
+            FrameSpec {
+                dst_mac: [0xff; 6],
+                ..FrameSpec::tcp(client, (VIP_SNAT, 80), TCP_SYN)
+            },
+            Expect {
+                verdict: Some(Verdict::Tx),
+                src: Some((NODE_IP, snat_port((VIP_SNAT, 80), PROTO_TCP))),
+                dst: Some((BE_SNAT, BE_PORT)),
+                macs: tx_to_peer,
+                counters: vec![LbCounter::FwdSnat],
                 ..Default::default()
             },
         ),

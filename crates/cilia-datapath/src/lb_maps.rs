@@ -231,7 +231,21 @@ impl LbConfig {
     }
 }
 
+/// A node device's MAC (`cilia_lb_dev`, by ifindex): XDP passes unicast frames for other MACs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbDev {
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+
+/// Slots of `cilia_lb_dev`: devices with a larger ifindex are not checked.
+pub const LB_DEV_SLOTS: u32 = c::CILIA_LB_DEV_SLOTS;
+/// Capacity of `cilia_lb_standby`.
+pub const LB_STANDBY_MAX: u32 = c::CILIA_LB_STANDBY_MAX;
+
 // SAFETY: plain-old-data, every bit pattern valid, explicit padding only (checked below).
+unsafe impl aya::Pod for LbDev {}
 unsafe impl aya::Pod for Lb4Key {}
 unsafe impl aya::Pod for Lb4Service {}
 unsafe impl aya::Pod for Lb4Backend {}
@@ -337,6 +351,7 @@ assert_layout!(
     backend_id = c::OFF_lb4_affinity_entry_backend_id,
     last_used_ns = c::OFF_lb4_affinity_entry_last_used_ns
 );
+assert_layout!(LbDev, c::SIZE_lb_dev, mac = c::OFF_lb_dev_mac);
 assert_layout!(
     LbConfig,
     c::SIZE_lb_config,
@@ -380,6 +395,8 @@ pub const LB_COUNTER_NAMES: [&str; c::LB_C_MAX as usize] = [
     "ct_expired",
     "xmit_redirect",
     "xdp_to_tc",
+    "other_host",
+    "other_host_served",
 ];
 
 /// One counter of `cilia_lb_counters`, by its C name without the `LB_C_` prefix.
@@ -413,7 +430,9 @@ pub enum LbCounter {
     CtExpired,
     XmitRedirect,
     XdpToTc,
+    OtherHost,
+    OtherHostServed,
 }
 
-const _: () = assert!(LbCounter::XdpToTc as u32 + 1 == c::LB_C_MAX);
+const _: () = assert!(LbCounter::OtherHostServed as u32 + 1 == c::LB_C_MAX);
 const _: () = assert!(c::LB_C_MAX <= c::CILIA_LB_COUNTERS_MAX);

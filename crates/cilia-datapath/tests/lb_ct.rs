@@ -25,6 +25,7 @@ use common::{PinDir, can_load_bpf};
 fn seeded(pin: &Path, services: &[ServiceSpec]) -> LbDatapath {
     let mut dp = LbDatapath::load(pin, &LbMapSizes::small()).unwrap();
     dp.set_config(&node_config()).unwrap();
+    seed_node_dev(&mut dp).unwrap();
     let cur = dp.read_entries().unwrap();
     let ids: BTreeMap<BackendKey, u32> = cur
         .backends

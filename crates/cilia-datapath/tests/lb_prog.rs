@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use cilia_datapath::l2::{L2Datapath, L2ResponderKey, monotonic_now_ns};
 use cilia_datapath::lb::{
     Backend, LbAlgorithm, ServiceSpec, assign_backend_ids, desired_entries, flow_hash,
     format_lb_list, lb_diff, slot_for, snat_port_candidate,
 };
+use cilia_datapath::lb::{map_diff, wanted_standby_vips};
 use cilia_datapath::lb_bpf::{
     LbDatapath, LbMapSizes, TC_DSR_EGRESS_PROG, TC_DSR_INGRESS_PROG, TC_LB_INGRESS_PROG,
     TC_LB_POD_INGRESS_PROG, XDP_LB_PROG, read_lb_entries,
@@ -24,6 +26,7 @@ use common::{PinDir, can_load_bpf};
 fn seeded(pin: &Path, services: &[ServiceSpec]) -> LbDatapath {
     let mut dp = LbDatapath::load(pin, &LbMapSizes::small()).unwrap();
     dp.set_config(&node_config()).unwrap();
+    seed_node_dev(&mut dp).unwrap();
     apply(&mut dp, services);
     dp
 }
@@ -368,6 +371,83 @@ fn session_affinity_keeps_a_client_on_one_backend() {
                 })
                 .collect();
             assert!(spread.iter().any(|d| *d != spread[0]));
+        }
+    })
+    .unwrap();
+}
+
+// A frame for a VIP but another host's MAC (a switch flooding after a failover) is served only
+// while this node announces the VIP on the device or stands by for it, within its L2 lease (the ARP
+// responder's own table and lease), and then exactly as if it were addressed here; otherwise it
+// passes untouched: one node serves it, never every node on the segment.
+#[test]
+fn flooded_frames_are_served_by_the_announcer_or_the_standby_only() {
+    if !can_load_bpf() {
+        return;
+    }
+    in_test_net(|net| {
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let pin = PinDir::new("lb", "flooded");
+            let mut dp = seeded(&pin.0, &world());
+            let mut l2 = L2Datapath::load(&pin.0).unwrap();
+            let fd = prog(&dp, hook);
+            // The failed announcer's MAC: no device of the test namespace has it.
+            let flooded = |vip| {
+                FrameSpec {
+                    dst_mac: [0x02, 0, 0, 0, 0, 0x0f],
+                    ..FrameSpec::tcp((CLIENT, CLIENT_PORT), (vip, 80), TCP_SYN)
+                }
+                .build()
+            };
+            let passes = |vip, what: &str| {
+                let f = flooded(vip);
+                let (v, out) = run_frame(fd, hook, net.lb0, &f).unwrap();
+                assert_eq!(v, Verdict::Pass, "{hook:?}: {what}");
+                assert_eq!(out, f, "{hook:?}: {what}: untouched");
+            };
+            let served = |vip, be, what: &str| {
+                let (v, out) = run_frame(fd, hook, net.lb0, &flooded(vip)).unwrap();
+                assert_eq!(v, Verdict::Tx, "{hook:?}: {what}");
+                let p = parse(&out).unwrap();
+                assert_eq!(
+                    (p.dst, p.dst_mac, p.src_mac),
+                    (be, PEER_NODE_MAC, NODE_MAC),
+                    "{hook:?}: {what}: translated as a frame addressed here"
+                );
+            };
+            passes(VIP_SNAT, "neither announced nor standby");
+            l2.apply(&BTreeMap::from([(
+                L2ResponderKey::new(VIP_SNAT, net.lb0),
+                NODE_MAC,
+            )]))
+            .unwrap();
+            dp.apply_standby(&map_diff(
+                &wanted_standby_vips(&[VIP_DSR]),
+                &Default::default(),
+            ))
+            .unwrap();
+            passes(VIP_SNAT, "announced, no lease yet");
+            passes(VIP_DSR, "standby, no lease yet");
+            l2.set_lease(monotonic_now_ns() - 1).unwrap();
+            passes(VIP_SNAT, "announced, lease run out");
+            passes(VIP_DSR, "standby, lease run out");
+            l2.set_lease(monotonic_now_ns() + 60_000_000_000).unwrap();
+            passes(VIP_MAGLEV, "another VIP");
+            served(VIP_SNAT, BE_SNAT, "announced, within the lease");
+            served(VIP_DSR, BE_DSR, "standby, within the lease");
+            assert_eq!(
+                (
+                    dp.counter(LbCounter::OtherHost).unwrap(),
+                    dp.counter(LbCounter::OtherHostServed).unwrap()
+                ),
+                (6, 2),
+                "{hook:?}"
+            );
+            // Gone from the standby set: passed again.
+            let cur = dp.standby_vips().unwrap();
+            dp.apply_standby(&map_diff(&Default::default(), &cur))
+                .unwrap();
+            passes(VIP_DSR, "no longer standby");
         }
     })
     .unwrap();
