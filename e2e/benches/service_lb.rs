@@ -26,7 +26,7 @@ use cilia_datapath::lb_fixtures::{
     MAGLEV, TestNet, VIP_DSR, bench_frames, in_test_net, node_config, scaled_world, seed_node_dev,
     xdp_ctx,
 };
-use cilia_datapath::lb_maps::LbCounter;
+use cilia_datapath::lb_maps::{LbConfig, LbCounter};
 use cilia_datapath::testrun::test_run;
 use cilia_e2e::bench::{Measure, Report, median, percentile};
 use cilia_e2e::netns::NetNs;
@@ -217,7 +217,7 @@ fn xdp_bench(net: TestNet) -> Result<XdpResults, Err> {
             "/sys/fs/bpf/cilia/bench-{}-{n}",
             std::process::id()
         )));
-        let dp = seeded(&pins.0, n)?;
+        let dp = seeded(&pins.0, n, net.lb0)?;
         lbs.push((n, pins, dp));
     }
     // Katran, built now from the shared anchor, with one TCP VIP on the DSR frontend's address.
@@ -425,7 +425,7 @@ fn xdp_bench(net: TestNet) -> Result<XdpResults, Err> {
 }
 
 /// Loads and seeds the load balancer with `n` services.
-fn seeded(pin: &Path, n: usize) -> Result<LbDatapath, Err> {
+fn seeded(pin: &Path, n: usize, node_ifindex: u32) -> Result<LbDatapath, Err> {
     let services = scaled_world(n);
     let sizes = LbMapSizes {
         services: (2 * n as u32 + 1024).next_power_of_two(),
@@ -433,7 +433,11 @@ fn seeded(pin: &Path, n: usize) -> Result<LbDatapath, Err> {
         ..LbMapSizes::small()
     };
     let mut dp = LbDatapath::load(pin, &sizes)?;
-    dp.set_config(&node_config())?;
+    // As the agent writes it: the node device's MAC in the config (XDP checks it there).
+    dp.set_config(&LbConfig {
+        node_ifindex,
+        ..node_config()
+    })?;
     seed_node_dev(&mut dp)?;
     let ids = assign_backend_ids(&services, &BTreeMap::new());
     let want = desired_entries(&services, &ids, MAGLEV)?;

@@ -91,6 +91,7 @@ int main(void)
 	OFF(lb_config, fib_memo_jiffies);
 	OFF(lb_config, ct_tick_shift);
 	OFF(lb_config, ct_timeout);
+	OFF(lb_config, node_ifindex);
 	CONST(LB_CT_TIMEOUTS);
 	CONST(CILIA_LB_SERVICES_MAX);
 	CONST(CILIA_LB_BACKENDS_MAX);

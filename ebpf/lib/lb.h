@@ -272,13 +272,16 @@ static __always_inline int lb_fib_memo_valid(const struct lb_fib_memo *m, __be32
 	       now < m->expires;
 }
 
-static __always_inline int lb4_tx(lb_ctx *ctx, const __u8 *dmac, const __u8 *smac)
+/* Sends the frame back out of its device with these MACs; counts `c` (xmit_tx after a FIB lookup,
+ * fib_memo_hit with a memoised next hop: one counter per packet on the hit path). */
+static __always_inline int lb4_tx(lb_ctx *ctx, const __u8 *dmac, const __u8 *smac,
+				  enum lb_counter c)
 {
 	if (ctx_store_macs(ctx, dmac, smac)) {
 		lb_count(LB_C_XMIT_STACK);
 		return CTX_PASS;
 	}
-	lb_count(LB_C_XMIT_TX);
+	lb_count(c);
 	return ctx_tx(ctx);
 }
 
@@ -305,9 +308,8 @@ static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p,
 	long rc;
 
 	if (lb_fib_memo_valid(m, p->daddr, ifindex, len, now)) {
-		lb_count(LB_C_FIB_MEMO_HIT);
 		if (m->tx)
-			return lb4_tx(ctx, m->dmac, m->smac);
+			return lb4_tx(ctx, m->dmac, m->smac, LB_C_FIB_MEMO_HIT);
 #ifndef CTX_HAS_REDIRECT
 		lb_count(LB_C_XMIT_STACK);
 		return CTX_PASS;
@@ -346,7 +348,7 @@ static __always_inline int lb4_xmit(lb_ctx *ctx, const struct pkt4 *p,
 		lb_count(LB_C_XMIT_STACK);
 		return CTX_PASS;
 	}
-	return lb4_tx(ctx, fib.dmac, fib.smac);
+	return lb4_tx(ctx, fib.dmac, fib.smac, LB_C_XMIT_TX);
 }
 
 /* lb4_xmit when the memo was just found valid by lb4_xdp_defer (XDP's hit path: one memo lookup per
@@ -355,10 +357,8 @@ static __always_inline int lb4_xmit_memo(lb_ctx *ctx, const struct pkt4 *p,
 					 const struct lb_config *cfg, __u64 now,
 					 const struct lb_fib_memo *hint)
 {
-	if (hint && bpf_ntohs(p->tot_len) <= hint->ok_len) {
-		lb_count(LB_C_FIB_MEMO_HIT);
-		return lb4_tx(ctx, hint->dmac, hint->smac);
-	}
+	if (hint && bpf_ntohs(p->tot_len) <= hint->ok_len)
+		return lb4_tx(ctx, hint->dmac, hint->smac, LB_C_FIB_MEMO_HIT);
 	return lb4_xmit(ctx, p, cfg, now);
 }
 
@@ -891,23 +891,33 @@ static __always_inline int lb4_rev_dnat(lb_ctx *ctx, struct pkt4 *p, const struc
 }
 
 /* Whether the frame is addressed to another host's MAC: a switch flooded it (see cilia_lb_dev). */
-static __always_inline int lb_other_host(lb_ctx *ctx)
+static __always_inline int lb_other_host(lb_ctx *ctx, const struct lb_config *cfg)
 {
 #ifdef CTX_HAS_PKT_TYPE
 	return ctx_other_host(ctx);
 #else
 	__u8 *d = ctx_data(ctx);
 	__u32 key = ctx_ifindex(ctx);
-	const struct lb_dev *dev;
+	const __u8 *mac = cfg->node_mac;
+	__u32 f0, m0;
+	__u16 f1, m1;
 
 	if ((void *)(d + 6) > ctx_data_end(ctx) || (d[0] & 1))
 		return 0; /* runt (parse judges it), broadcast or multicast */
-	dev = bpf_map_lookup_elem(&cilia_lb_dev, &key);
-	if (!dev || !(dev->mac[0] | dev->mac[1] | dev->mac[2] | dev->mac[3] | dev->mac[4] |
-		      dev->mac[5]))
-		return 0;
-	return ((d[0] ^ dev->mac[0]) | (d[1] ^ dev->mac[1]) | (d[2] ^ dev->mac[2]) |
-		(d[3] ^ dev->mac[3]) | (d[4] ^ dev->mac[4]) | (d[5] ^ dev->mac[5])) != 0;
+	if (key != cfg->node_ifindex) {
+		const struct lb_dev *dev = bpf_map_lookup_elem(&cilia_lb_dev, &key);
+
+		if (!dev)
+			return 0;
+		mac = dev->mac;
+	}
+	__builtin_memcpy(&m0, mac, 4);
+	__builtin_memcpy(&m1, mac + 4, 2);
+	if (!(m0 | m1))
+		return 0; /* no MAC known for the device: not checked */
+	__builtin_memcpy(&f0, d, 4);
+	__builtin_memcpy(&f1, d + 4, 2);
+	return ((f0 ^ m0) | (__u32)(f1 ^ m1)) != 0;
 #endif
 }
 
@@ -959,8 +969,6 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 	struct pkt4 p;
 	int rc;
 
-	int other_host = !from_pod && lb_other_host(ctx);
-
 	ctx_pull(ctx);
 	rc = parse_ipv4(ctx, &p);
 	if (rc == PARSE_NOT_IPV4)
@@ -971,15 +979,7 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 	}
 	if (!cfg)
 		return CTX_PASS;
-	if (other_host) {
-		if (!lb_serves_flooded(p.daddr, ctx_ifindex(ctx))) {
-			lb_count(LB_C_OTHER_HOST);
-			return CTX_PASS;
-		}
-		lb_count(LB_C_OTHER_HOST_SERVED);
-		lb_claim_frame(ctx);
-	}
-	if (p.proto == IPPROTO_ICMP)
+	ctx_pull(ctx);	if (p.proto == IPPROTO_ICMP)
 		return lb4_icmp(ctx, &p, cfg);
 	/* Frontends are TCP or UDP; every other protocol is the stack's. */
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
@@ -1013,6 +1013,17 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 			return rc;
 		lb_count(LB_C_MISS);
 		return CTX_PASS;
+	}
+	/* A frontend's frame addressed to another host's MAC (flooded by a switch): only the node that
+	 * announces or stands by for the VIP serves it. Checked here, on hits only: a miss passes
+	 * anyway, and a reply to the node's own address is this node's whatever its MAC. */
+	if (!from_pod && lb_other_host(ctx, cfg)) {
+		if (!lb_serves_flooded(p.daddr, ctx_ifindex(ctx))) {
+			lb_count(LB_C_OTHER_HOST);
+			return CTX_PASS;
+		}
+		lb_count(LB_C_OTHER_HOST_SERVED);
+		lb_claim_frame(ctx);
 	}
 	svc = *sp;
 	if (p.frag == PKT_FRAG_FIRST)

@@ -219,6 +219,8 @@ struct lb_config {
 	__u8 ct_tick_shift;	/* conntrack tick = jiffies >> this (0.5-1 s at any HZ) */
 	__u8 pad2[3];
 	__u32 ct_timeout[LB_CT_TIMEOUTS];	/* lifetimes in ticks, rounded up (Cilium's defaults) */
+	__u32 node_ifindex;	/* the device node_mac belongs to (XDP's destination MAC check reads the
+				 * config it holds anyway there, cilia_lb_dev elsewhere); 0: none */
 };
 
 /* A per-CPU memo of one FIB answer (bpf_fib_lookup costs ~250 ns here, more than the rest of the
@@ -254,13 +256,14 @@ enum lb_counter {
 	LB_C_FRAG_LATER_UNKNOWN, /* non-first fragment of an unknown datagram: passed */
 	LB_C_ICMP_ERR_FLOW,	/* ICMP error about an SNATed flow: translated back to its client */
 	LB_C_MALFORMED,		/* truncated or bogus header: passed for the stack to judge */
-	LB_C_XMIT_TX,		/* sent back out of the device it came in on */
+	LB_C_XMIT_TX,		/* sent back out of the device it came in on, after a FIB lookup */
 	LB_C_XMIT_STACK,	/* other device, no neighbour or no route: the stack forwards it */
 	LB_C_DSR_RECORDED,	/* backend side: DSR option read, reply translation recorded */
 	LB_C_DSR_REVERSED,	/* backend side: reply source rewritten to the frontend */
 	LB_C_AFFINITY_HIT,	/* new flow followed its client's affinity */
 	LB_C_STALE_SLOT,	/* a slot names a backend that is not in the backends map: dropped */
-	LB_C_FIB_MEMO_HIT,	/* next hop taken from the per-CPU FIB memo */
+	LB_C_FIB_MEMO_HIT,	/* sent back out with the next hop of the per-CPU FIB memo (not
+				 * counted as xmit_tx too: one count per packet on the hit path) */
 	LB_C_CT_EXPIRED,	/* a conntrack entry past its lifetime: the flow starts over */
 	LB_C_XMIT_REDIRECT,	/* TC: next hop on another device (a pod's veth, another uplink): redirected */
 	LB_C_XDP_TO_TC,		/* XDP: next hop on another device: passed untranslated, TC translates it */

@@ -415,6 +415,7 @@ impl LbAgent {
         let new_cfg = LbConfig {
             node_addr: be32(intent.node_ip),
             node_mac: devices.first().map(|d| d.3).unwrap_or_default(),
+            node_ifindex: devices.first().map(|d| d.1).unwrap_or_default(),
             snat_port_min: SNAT_PORT_MIN,
             snat_port_max: SNAT_PORT_MAX,
             pad: 0,

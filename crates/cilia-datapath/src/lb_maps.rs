@@ -204,6 +204,9 @@ pub struct LbConfig {
     pub pad2: [u8; 3],
     /// Lifetimes in conntrack ticks, in `enum lb_ct_timeout` order.
     pub ct_timeout: [u32; c::LB_CT_TIMEOUTS as usize],
+    /// The device `node_mac` belongs to: XDP checks destinations there against `node_mac`
+    /// (elsewhere against `cilia_lb_dev`); 0: none.
+    pub node_ifindex: u32,
 }
 
 impl LbConfig {
@@ -363,7 +366,8 @@ assert_layout!(
     hash_seed = c::OFF_lb_config_hash_seed,
     fib_memo_jiffies = c::OFF_lb_config_fib_memo_jiffies,
     ct_tick_shift = c::OFF_lb_config_ct_tick_shift,
-    ct_timeout = c::OFF_lb_config_ct_timeout
+    ct_timeout = c::OFF_lb_config_ct_timeout,
+    node_ifindex = c::OFF_lb_config_node_ifindex
 );
 
 /// Counter indexes of `cilia_lb_counters` (`enum lb_counter` in lb_maps.h), in order.

@@ -17,7 +17,7 @@ use cilia_datapath::lb_bpf::{
     TC_LB_POD_INGRESS_PROG, XDP_LB_PROG, read_lb_entries,
 };
 use cilia_datapath::lb_fixtures::*;
-use cilia_datapath::lb_maps::{Lb4NatEntry, Lb4Tuple, LbCounter, be16, be32, ip_of};
+use cilia_datapath::lb_maps::{Lb4NatEntry, Lb4Tuple, LbConfig, LbCounter, be16, be32, ip_of};
 
 mod common;
 use common::{PinDir, can_load_bpf};
@@ -386,9 +386,22 @@ fn flooded_frames_are_served_by_the_announcer_or_the_standby_only() {
         return;
     }
     in_test_net(|net| {
-        for hook in [Hook::Xdp, Hook::Tc] {
+        // XDP knows the device's MAC from cilia_lb_dev, or (the agent's primary device) from the
+        // config it reads anyway.
+        for (hook, via_config) in [(Hook::Xdp, false), (Hook::Xdp, true), (Hook::Tc, false)] {
             let pin = PinDir::new("lb", "flooded");
             let mut dp = seeded(&pin.0, &world());
+            if via_config {
+                let cur = dp.dev_macs().unwrap();
+                dp.apply_dev_macs(&map_diff(&Default::default(), &cur))
+                    .unwrap();
+                let cfg = dp.config().unwrap();
+                dp.set_config(&LbConfig {
+                    node_ifindex: net.lb0,
+                    ..cfg
+                })
+                .unwrap();
+            }
             let mut l2 = L2Datapath::load(&pin.0).unwrap();
             let fd = prog(&dp, hook);
             // The failed announcer's MAC: no device of the test namespace has it.
