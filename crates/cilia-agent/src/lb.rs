@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cilia_datapath::bpf::BpfError;
 use cilia_datapath::lb::{
-    BackendRetention, assign_backend_ids_retaining, desired_entries, lb_diff, map_diff,
+    BackendRetention, MapDiff, assign_backend_ids_retaining, desired_entries, lb_diff, map_diff,
     stale_affinity, wanted_backends, wanted_dev_macs, wanted_standby_vips,
 };
 use cilia_datapath::lb_bpf::{
@@ -122,6 +122,34 @@ pub struct LbAgent {
     next_ct_scan: Option<Instant>,
     /// The slots changed on the last pass: check session affinity once more on this one.
     affinity_recheck: bool,
+}
+
+/// Read and write of a small map the agent keeps a copy of (see [`sync_held`]).
+type HeldMapIo<V> = (
+    fn(&LbDatapath) -> Result<BTreeMap<u32, V>, BpfError>,
+    fn(&mut LbDatapath, &MapDiff<u32, V>) -> Result<(), BpfError>,
+);
+
+/// Makes a small map hold `want`, diffing against `held` (what the last write left; read back
+/// from the pins when unknown: a restart, or after a failure). Returns the writes.
+fn sync_held<V: PartialEq + Clone>(
+    dp: &mut LbDatapath,
+    held: &mut Option<BTreeMap<u32, V>>,
+    want: BTreeMap<u32, V>,
+    (read, write): HeldMapIo<V>,
+    what: &'static str,
+) -> Result<u64, BpfError> {
+    let cur = match held.take() {
+        Some(m) => m,
+        None => read(dp)?,
+    };
+    let diff = map_diff(&want, &cur);
+    if !diff.is_empty() {
+        write(dp, &diff)?;
+        info!(entries = want.len(), "{what}");
+    }
+    *held = Some(want);
+    Ok(diff.len() as u64)
 }
 
 /// A device as the load balancer needs it: ifindex, IPv4 addresses, MAC.
@@ -438,43 +466,27 @@ impl LbAgent {
         }
         // Before any XDP link: XDP translates only frames for its device's MAC (a switch floods
         // frames for a MAC it has not learnt to every node).
-        let want_macs = wanted_dev_macs(devices.iter().map(|d| (d.1, d.3)));
-        let cur_macs = match self.held_dev_macs.take() {
-            Some(m) => m,
-            None => dp.dev_macs()?,
-        };
-        let mac_diff = map_diff(&want_macs, &cur_macs);
-        if !mac_diff.is_empty() {
-            dp.apply_dev_macs(&mac_diff)?;
-            writes += mac_diff.len() as u64;
-            info!(
-                devices = want_macs.len(),
-                "load-balancer device MACs written"
-            );
-        }
-        self.held_dev_macs = Some(want_macs);
+        writes += sync_held(
+            dp,
+            &mut self.held_dev_macs,
+            wanted_dev_macs(devices.iter().map(|d| (d.1, d.3))),
+            (LbDatapath::dev_macs, LbDatapath::apply_dev_macs),
+            "load-balancer device MACs written",
+        )?;
         // The VIPs this node stands by for (L2): it serves their flooded frames.
-        let want_standby = wanted_standby_vips(
-            intent
-                .l2
-                .iter()
-                .filter(|(_, a)| a.standby)
-                .map(|(vip, _)| vip),
-        );
-        let cur_standby = match self.held_standby.take() {
-            Some(m) => m,
-            None => dp.standby_vips()?,
-        };
-        let standby_diff = map_diff(&want_standby, &cur_standby);
-        if !standby_diff.is_empty() {
-            dp.apply_standby(&standby_diff)?;
-            writes += standby_diff.len() as u64;
-            info!(
-                vips = want_standby.len(),
-                "load-balancer L2 standby VIPs written"
-            );
-        }
-        self.held_standby = Some(want_standby);
+        writes += sync_held(
+            dp,
+            &mut self.held_standby,
+            wanted_standby_vips(
+                intent
+                    .l2
+                    .iter()
+                    .filter(|(_, a)| a.standby)
+                    .map(|(vip, _)| vip),
+            ),
+            (LbDatapath::standby_vips, LbDatapath::apply_standby),
+            "load-balancer L2 standby VIPs written",
+        )?;
         let diff = lb_diff(&want, &current);
         if !diff.is_empty() {
             dp.apply(&diff, maglev)?;

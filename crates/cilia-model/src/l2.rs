@@ -651,17 +651,25 @@ mod tests {
         assert!(choose_announcers(&[none], &lab_nodes(), &svcs(1), &[]).is_empty());
     }
 
-    #[test]
-    fn a_lapsing_holder_fences_its_services_until_its_lease_is_over() {
-        let services = svcs(40);
-        let before = choose_announcers(&[seed_policy()], &lab_nodes(), &services, &[]);
-        let holders: BTreeMap<String, String> = before
+    /// The holders `choices` give, and the lab's nodes with worker's agent gone (lapsing).
+    fn worker_lapsing(
+        choices: &BTreeMap<ServiceName, L2Choice>,
+    ) -> (BTreeMap<String, String>, Vec<L2Node>) {
+        let holders = choices
             .iter()
             .map(|(s, c)| (s.to_string(), c.node.clone()))
             .collect();
         let mut nodes = lab_nodes();
         nodes[1].agent_live = false;
         nodes[1].lapsing = true;
+        (holders, nodes)
+    }
+
+    #[test]
+    fn a_lapsing_holder_fences_its_services_until_its_lease_is_over() {
+        let services = svcs(40);
+        let before = choose_announcers(&[seed_policy()], &lab_nodes(), &services, &[]);
+        let (holders, mut nodes) = worker_lapsing(&before);
         let fenced = choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &holders);
         for (svc, c) in &before {
             if c.node == "worker" {
@@ -727,13 +735,7 @@ mod tests {
 
         // worker lapses: its Services are fenced (nobody announces them) and worker2 stands by
         // for them; worker2's own keep their announcer and lose their standby.
-        let holders: BTreeMap<String, String> = c
-            .iter()
-            .map(|(s, c)| (s.to_string(), c.node.clone()))
-            .collect();
-        let mut nodes = lab_nodes();
-        nodes[1].agent_live = false;
-        nodes[1].lapsing = true;
+        let (holders, nodes) = worker_lapsing(&c);
         let unfenced = choose_announcers(&[seed_policy()], &nodes, &services, &[]);
         let fenced = fence(unfenced.clone(), &nodes, &holders);
         let during = node_l2_entries(&fenced, &unfenced);
