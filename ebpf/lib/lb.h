@@ -890,6 +890,21 @@ static __always_inline int lb4_rev_dnat(lb_ctx *ctx, struct pkt4 *p, const struc
 	return lb4_xmit_memo(ctx, p, cfg, now, memo);
 }
 
+#ifndef CTX_HAS_PKT_TYPE
+/* XDP: the MAC of the device the frame came in on: the config's for the agent's primary device (the
+ * program holds that entry anyway), cilia_lb_dev's for the others; NULL when unknown. */
+static __always_inline const __u8 *lb_dev_mac(lb_ctx *ctx, const struct lb_config *cfg)
+{
+	__u32 key = ctx_ifindex(ctx);
+	const struct lb_dev *dev;
+
+	if (key == cfg->node_ifindex)
+		return cfg->node_mac;
+	dev = bpf_map_lookup_elem(&cilia_lb_dev, &key);
+	return dev ? dev->mac : NULL;
+}
+#endif
+
 /* Whether the frame is addressed to another host's MAC: a switch flooded it (see cilia_lb_dev). */
 static __always_inline int lb_other_host(lb_ctx *ctx, const struct lb_config *cfg)
 {
@@ -897,20 +912,15 @@ static __always_inline int lb_other_host(lb_ctx *ctx, const struct lb_config *cf
 	return ctx_other_host(ctx);
 #else
 	__u8 *d = ctx_data(ctx);
-	__u32 key = ctx_ifindex(ctx);
-	const __u8 *mac = cfg->node_mac;
+	const __u8 *mac;
 	__u32 f0, m0;
 	__u16 f1, m1;
 
 	if ((void *)(d + 6) > ctx_data_end(ctx) || (d[0] & 1))
 		return 0; /* runt (parse judges it), broadcast or multicast */
-	if (key != cfg->node_ifindex) {
-		const struct lb_dev *dev = bpf_map_lookup_elem(&cilia_lb_dev, &key);
-
-		if (!dev)
-			return 0;
-		mac = dev->mac;
-	}
+	mac = lb_dev_mac(ctx, cfg);
+	if (!mac)
+		return 0;
 	__builtin_memcpy(&m0, mac, 4);
 	__builtin_memcpy(&m1, mac + 4, 2);
 	if (!(m0 | m1))
@@ -944,17 +954,16 @@ static __always_inline int lb_serves_flooded(__be32 vip, __u32 ifindex)
 
 /* Makes a served frame for another MAC the node's own, so every later step (the stack included,
  * which drops PACKET_OTHERHOST) treats it as addressed here. */
-static __always_inline void lb_claim_frame(lb_ctx *ctx)
+static __always_inline void lb_claim_frame(lb_ctx *ctx, const struct lb_config *cfg)
 {
 #ifdef CTX_HAS_PKT_TYPE
 	bpf_skb_change_type(ctx, 0); /* PACKET_HOST */
 #else
 	__u8 *d = ctx_data(ctx);
-	__u32 key = ctx_ifindex(ctx);
-	const struct lb_dev *dev = bpf_map_lookup_elem(&cilia_lb_dev, &key);
+	const __u8 *mac = lb_dev_mac(ctx, cfg);
 
-	if (dev && (void *)(d + 6) <= ctx_data_end(ctx))
-		__builtin_memcpy(d, dev->mac, 6);
+	if (mac && (void *)(d + 6) <= ctx_data_end(ctx))
+		__builtin_memcpy(d, mac, 6);
 #endif
 }
 
@@ -1023,7 +1032,7 @@ static __always_inline int lb4_ingress_at(lb_ctx *ctx, int from_pod)
 			return CTX_PASS;
 		}
 		lb_count(LB_C_OTHER_HOST_SERVED);
-		lb_claim_frame(ctx);
+		lb_claim_frame(ctx, cfg);
 	}
 	svc = *sp;
 	if (p.frag == PKT_FRAG_FIRST)
