@@ -276,24 +276,9 @@ pub fn choose_announcers(
     out
 }
 
-/// [`choose_announcers`], fenced: a Service whose last announcer (`holders`, by `namespace/name`)
-/// is lapsing and is not the new choice gets no announcer until that node's lease has lapsed
-/// (the caller recomputes then, with the node no longer lapsing).
-pub fn choose_announcers_fenced(
-    policies: &[L2Policy],
-    nodes: &[L2Node],
-    services: &[ServiceInfo],
-    slices: &[EndpointSliceInfo],
-    holders: &BTreeMap<String, String>,
-) -> BTreeMap<ServiceName, L2Choice> {
-    fence(
-        choose_announcers(policies, nodes, services, slices),
-        nodes,
-        holders,
-    )
-}
-
-/// The fence of [`choose_announcers_fenced`], on choices already made.
+/// Fences choices made by [`choose_announcers`]: a Service whose last announcer (`holders`, by
+/// `namespace/name`) is lapsing and is not the new choice gets no announcer until that node's lease
+/// has lapsed (the caller recomputes then, with the node no longer lapsing).
 pub fn fence(
     mut choices: BTreeMap<ServiceName, L2Choice>,
     nodes: &[L2Node],
@@ -315,21 +300,8 @@ pub fn fence(
     choices
 }
 
-/// The announcements of one node, by VIP (a VIP two Services share goes to the one first by name).
-pub fn node_announcements(
-    choices: &BTreeMap<ServiceName, L2Choice>,
-    node: &str,
-) -> BTreeMap<Ipv4Addr, L2Announcement> {
-    let mut out = BTreeMap::new();
-    for c in choices.values().filter(|c| c.node == node) {
-        for a in &c.announcements {
-            out.entry(a.vip).or_insert_with(|| a.clone());
-        }
-    }
-    out
-}
-
-/// Every node's L2 entries, by node and VIP: what it announces (`choices`, fenced), then the VIPs
+/// Every node's L2 entries, by node and VIP (a VIP two Services share goes to the one first by
+/// name): what it announces (`choices`, fenced), then the VIPs
 /// it stands by for (`standby` entries). A Service fenced out of `choices` (its old announcer may
 /// still answer) has its would-be announcer (`unfenced`) as standby meanwhile: a fence lasts while
 /// the old node's lease runs out, exactly when flooded frames need a server. A node never stands
@@ -670,7 +642,11 @@ mod tests {
         let services = svcs(40);
         let before = choose_announcers(&[seed_policy()], &lab_nodes(), &services, &[]);
         let (holders, mut nodes) = worker_lapsing(&before);
-        let fenced = choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &holders);
+        let fenced = fence(
+            choose_announcers(&[seed_policy()], &nodes, &services, &[]),
+            &nodes,
+            &holders,
+        );
         for (svc, c) in &before {
             if c.node == "worker" {
                 assert!(
@@ -687,13 +663,20 @@ mod tests {
         }
         // Lapsed: the fence is gone and worker2 takes everything.
         nodes[1].lapsing = false;
-        let after = choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &holders);
+        let after = fence(
+            choose_announcers(&[seed_policy()], &nodes, &services, &[]),
+            &nodes,
+            &holders,
+        );
         assert_eq!(after.len(), 40);
         assert!(after.values().all(|c| c.node == "worker2"));
         // No holders known (a fresh operator): nothing to fence.
         nodes[1].lapsing = true;
-        let fresh =
-            choose_announcers_fenced(&[seed_policy()], &nodes, &services, &[], &BTreeMap::new());
+        let fresh = fence(
+            choose_announcers(&[seed_policy()], &nodes, &services, &[]),
+            &nodes,
+            &BTreeMap::new(),
+        );
         assert_eq!(fresh.len(), 40);
     }
 
@@ -754,11 +737,12 @@ mod tests {
     #[test]
     fn per_node_view() {
         let c = choose_announcers(&[seed_policy()], &lab_nodes(), &svcs(10), &[]);
-        let total: usize = ["control-plane", "worker", "worker2"]
-            .iter()
-            .map(|n| node_announcements(&c, n).len())
+        let entries = node_l2_entries(&c, &c);
+        let total: usize = entries
+            .values()
+            .map(|m| m.values().filter(|a| !a.standby).count())
             .sum();
         assert_eq!(total, 10);
-        assert!(node_announcements(&c, "control-plane").is_empty());
+        assert!(!entries.contains_key("control-plane"));
     }
 }
